@@ -1,0 +1,360 @@
+"""The one path for every change to a credential: link, unlink and renew.
+
+Views, the admin, the API client, the Celery tasks and the management commands all call
+these functions; nothing else writes tokens or sends slice_connect's signals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.http import HttpRequest
+from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
+
+from . import oauth, signals
+from .conf import app_settings
+from .exceptions import (
+    ConfigurationError,
+    CredentialUnreadable,
+    InvalidTokenResponse,
+    NeedsReauth,
+    RenewalLockTimeout,
+    ResponseLost,
+    SliceConnectError,
+    TokenRequestFailed,
+    TransientError,
+)
+from .fields import UnreadableToken
+from .models import SliceCredential
+
+logger = logging.getLogger(__name__)
+
+Reason = SliceCredential.Reason
+Status = SliceCredential.Status
+
+
+def _send_on_commit(signal: Any, **kwargs: Any) -> None:
+    transaction.on_commit(lambda: signal.send(sender=SliceCredential, **kwargs))
+
+
+# -- link / unlink ---------------------------------------------------------------------
+
+
+@sensitive_variables("tokens")
+def link(user: Any, tokens: oauth.TokenSet, request: HttpRequest | None = None) -> SliceCredential:
+    """Store ``tokens`` as ``user``'s credential, creating or replacing it atomically.
+
+    A re-link replaces both tokens and clears any failure state. Sends
+    ``credential_linked`` after commit.
+    """
+    if not tokens.refresh_token:
+        raise ValueError("A link needs a refresh token.")
+    values = {
+        "access_token": tokens.access_token,
+        "refresh_token": tokens.refresh_token,
+        "token_type": tokens.token_type,
+        "access_token_expires_at": tokens.access_token_expires_at,
+        "refresh_token_expires_at": tokens.refresh_token_expires_at,
+        "status": Status.ACTIVE,
+        "status_reason": Reason.NONE,
+        "linked_at": tokens.received_at,
+        "renewal_started_at": None,
+        "failure_count": 0,
+        "last_error_code": "",
+        "last_error_at": None,
+    }
+    with transaction.atomic():
+        credential = (
+            SliceCredential.objects.select_for_update().without_tokens().filter(user=user).first()
+        )
+        created = credential is None
+        if created:
+            try:
+                with transaction.atomic():
+                    credential = SliceCredential.objects.create(user=user, **values)
+            except IntegrityError:
+                # Another request linked the same user first: update that row instead.
+                credential = (
+                    SliceCredential.objects.select_for_update().without_tokens().get(user=user)
+                )
+                created = False
+        if not created:
+            assert credential is not None
+            for name, value in values.items():
+                setattr(credential, name, value)
+            credential.version += 1
+            credential.save()
+        assert credential is not None
+        _send_on_commit(
+            signals.credential_linked,
+            credential=credential,
+            user=user,
+            created=created,
+            request=request,
+        )
+    logger.info("Linked Slice credential %s (user %s).", credential.pk, credential.user_id)
+    return credential
+
+
+def unlink(credential: SliceCredential, request: HttpRequest | None = None) -> None:
+    """Delete ``credential``; revokes it at Slice (best effort) and sends the signal.
+
+    Deleting the row any other way (the admin, deleting the user) does the same, through
+    :func:`credential_deleted`; this function only adds the request to the signal.
+    """
+    credential._slice_connect_request = request  # type: ignore[attr-defined]
+    credential.delete()
+
+
+def credential_deleted(sender: Any, instance: SliceCredential, **kwargs: Any) -> None:
+    """``post_delete`` receiver: after commit, revoke at Slice and send the signal."""
+    request = getattr(instance, "_slice_connect_request", None)
+    token: Any = None
+    if "refresh_token" not in instance.get_deferred_fields():
+        token = instance.refresh_token
+    user = instance.user
+
+    def after_commit() -> None:
+        if app_settings.REVOKE_ON_UNLINK and isinstance(token, str) and token:
+            oauth.revoke(token)
+        signals.credential_unlinked.send(
+            sender=SliceCredential, credential=instance, user=user, request=request
+        )
+
+    transaction.on_commit(after_commit)
+    logger.info("Unlinked Slice credential %s (user %s).", instance.pk, instance.user_id)
+
+
+# -- renew -----------------------------------------------------------------------------
+
+
+@dataclass
+class RenewalResult:
+    """What :func:`renew_with_result` did."""
+
+    credential: SliceCredential
+    renewed: bool
+
+
+def _lease() -> timedelta:
+    """How long a live renewal can keep ``renewal_started_at`` set; older means it died."""
+    connect, read = app_settings.HTTP_TIMEOUT
+    return app_settings.LOCK_TIMEOUT + timedelta(seconds=2 * (connect + read) + 5)
+
+
+@contextmanager
+def _locked(pk: int) -> Iterator[SliceCredential]:
+    """Lock the credential's row for the rest of a new transaction and yield it, re-read."""
+    try:
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                millis = int(app_settings.LOCK_TIMEOUT.total_seconds() * 1000)
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{millis}ms"])
+            row = SliceCredential.objects.select_for_update().get(pk=pk)
+            yield row
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "55P03":
+            raise RenewalLockTimeout(f"Credential {pk} stayed locked too long.") from None
+        raise
+
+
+def _record_failure(row: SliceCredential, error: SliceConnectError, now: datetime) -> None:
+    row.failure_count += 1
+    row.last_error_code = error.code[:64]
+    row.last_error_at = now
+
+
+def _mark_needs_reauth(row: SliceCredential, reason: str, now: datetime) -> None:
+    row.status = Status.NEEDS_REAUTH
+    row.status_reason = reason
+    row.renewal_started_at = None
+    row.last_error_at = now
+
+
+BOOKKEEPING = ["failure_count", "last_error_code", "last_error_at", "renewal_started_at"]
+STATUS_FIELDS = ["status", "status_reason", "renewal_started_at", "last_error_at"]
+
+
+def _check_usable(row: SliceCredential, now: datetime) -> NeedsReauth | None:
+    """Return the error when ``row`` cannot be renewed, marking it (unsaved) if it just broke."""
+    if row.status != Status.ACTIVE:
+        return NeedsReauth(
+            f"Credential {row.pk} needs the user to link Slice again.", reason=row.status_reason
+        )
+    if isinstance(row.refresh_token, UnreadableToken) or isinstance(
+        row.access_token, UnreadableToken
+    ):
+        _mark_needs_reauth(row, Reason.UNDECRYPTABLE, now)
+        logger.error("Credential %s cannot be decrypted with FERNET_KEYS.", row.pk)
+        return CredentialUnreadable(
+            f"Credential {row.pk} cannot be decrypted.", reason=Reason.UNDECRYPTABLE
+        )
+    if row.refresh_token_expires_at <= now:
+        _mark_needs_reauth(row, Reason.REFRESH_EXPIRED, now)
+        return NeedsReauth(
+            f"Credential {row.pk}'s refresh token expired.",
+            code=Reason.REFRESH_EXPIRED,
+            reason=Reason.REFRESH_EXPIRED,
+        )
+    return None
+
+
+def renew(credential: SliceCredential, *, force: bool = False) -> SliceCredential:
+    """Renew ``credential``'s tokens if needed (or always, with ``force``); the ONE path.
+
+    The decision is taken on the row re-read under its lock, so concurrent callers cause one
+    refresh and all end with the same tokens. ``credential`` is updated in place and also
+    returned. Raises :class:`NeedsReauth`, :class:`TransientError` or
+    :class:`ConfigurationError` (see the README's error taxonomy).
+    """
+    return renew_with_result(credential, force=force).credential
+
+
+def renew_with_result(
+    credential: SliceCredential, *, force: bool = False, seen_version: int | None = None
+) -> RenewalResult:
+    """:func:`renew`, also telling whether this call spent the refresh token.
+
+    ``seen_version`` renews only if the row still holds that version: the API client uses it
+    after a 401, so a hundred callers holding the same rejected token cause one refresh.
+    """
+    try:
+        result = _renew(credential.pk, force=force, seen_version=seen_version)
+    except NeedsReauth:
+        credential.status = Status.NEEDS_REAUTH
+        raise
+    credential.copy_from(result.credential)
+    return result
+
+
+def _needed(row: SliceCredential, now: datetime, force: bool, seen_version: int | None) -> bool:
+    if seen_version is not None:
+        return row.version == seen_version
+    return force or row.needs_renewal(now)
+
+
+def _renew(pk: int, *, force: bool, seen_version: int | None) -> RenewalResult:
+    # Phase 1: decide under the lock and journal the attempt, committed before any request,
+    # so that a crash after the POST leaves a trace (renewal_started_at) for the next run.
+    now = timezone.now()
+    with _locked(pk) as row:
+        was_active = row.status == Status.ACTIVE
+        problem = _check_usable(row, now)
+        if problem is None and not _needed(row, now, force, seen_version):
+            return RenewalResult(row, renewed=False)
+        if problem is None:
+            started = row.renewal_started_at
+            if started is None:
+                row.renewal_started_at = now
+                row.save(update_fields=["renewal_started_at"])
+            version = row.version
+        elif was_active:
+            row.save(update_fields=STATUS_FIELDS)
+            _failed(row, problem, permanent=True)
+    if problem is not None:
+        raise problem
+    # An attempt stamped longer ago than any live renewal lasts died after (maybe) posting.
+    inherited_lost = started is not None and started <= now - _lease()
+
+    # Phase 2: the single flight. Whoever holds the lock first spends the refresh token;
+    # the others find a new version and return the sibling's tokens.
+    with _locked(pk) as row:
+        if row.status != Status.ACTIVE:
+            raise NeedsReauth(
+                f"Credential {pk} needs the user to link Slice again.", reason=row.status_reason
+            )
+        if row.version != version:
+            return RenewalResult(row, renewed=False)
+        outcome = _spend_refresh_token(row, started_before=started, lost=inherited_lost)
+        if outcome is None:
+            _send_on_commit(signals.credential_renewed, credential=row)
+        elif not isinstance(outcome, ConfigurationError):
+            _failed(row, outcome, permanent=isinstance(outcome, NeedsReauth))
+    if outcome is not None:
+        raise outcome
+    return RenewalResult(row, renewed=True)
+
+
+def _failed(row: SliceCredential, error: SliceConnectError, *, permanent: bool) -> None:
+    _send_on_commit(
+        signals.credential_renewal_failed, credential=row, error=error, permanent=permanent
+    )
+
+
+@sensitive_variables("tokens", "refresh_token")
+def _spend_refresh_token(
+    row: SliceCredential, *, started_before: datetime | None, lost: bool
+) -> SliceConnectError | None:
+    """POST the refresh under the lock; save the outcome; return the error, if any."""
+    refresh_token = row.refresh_token
+    assert isinstance(refresh_token, str)
+    retried = False
+    while True:
+        try:
+            tokens = oauth.refresh(refresh_token)
+            break
+        except ResponseLost as exc:
+            # Slice may have rotated the token and we never saw the new one. Try once more
+            # with the same token: a server with a grace window answers; a strict one says
+            # invalid_grant, which is then a lost rotation, not a revoked link.
+            lost = True
+            if retried:
+                now = timezone.now()
+                _record_failure(row, exc, now)
+                row.renewal_started_at = row.renewal_started_at or now
+                row.save(update_fields=BOOKKEEPING)
+                return exc
+            retried = True
+        except TokenRequestFailed:
+            now = timezone.now()
+            reason = Reason.LOST_ROTATION if lost else Reason.INVALID_GRANT
+            error = NeedsReauth(
+                f"Slice refused credential {row.pk}'s refresh token.", code=reason, reason=reason
+            )
+            _record_failure(row, error, now)
+            _mark_needs_reauth(row, reason, now)
+            row.save(update_fields=[*STATUS_FIELDS, "failure_count", "last_error_code"])
+            log = logger.error if lost else logger.warning
+            log("Credential %s needs re-link: %s.", row.pk, reason)
+            return error
+        except ConfigurationError as exc:
+            logger.critical(
+                "Slice rejected our OAuth client (%s) while renewing credential %s: check "
+                "SLICE_CONNECT['CLIENT_ID'] and ['CLIENT_SECRET']. No user was marked.",
+                exc.code,
+                row.pk,
+            )
+            row.renewal_started_at = started_before
+            row.save(update_fields=["renewal_started_at"])
+            return exc
+        except (TransientError, InvalidTokenResponse) as exc:
+            now = timezone.now()
+            _record_failure(row, exc, now)
+            # The request was answered or never sent, so the token was not spent by it.
+            row.renewal_started_at = started_before if not lost else row.renewal_started_at
+            row.save(update_fields=BOOKKEEPING)
+            return exc
+    now = timezone.now()
+    row.access_token = tokens.access_token
+    if tokens.refresh_token:
+        row.refresh_token = tokens.refresh_token
+        row.refresh_token_expires_at = tokens.refresh_token_expires_at
+    row.token_type = tokens.token_type
+    row.access_token_expires_at = tokens.access_token_expires_at
+    row.last_renewed_at = now
+    row.version += 1
+    row.renewal_started_at = None
+    row.failure_count = 0
+    row.last_error_code = ""
+    row.last_error_at = None
+    row.save()
+    logger.info("Renewed Slice credential %s (version %s).", row.pk, row.version)
+    return None

@@ -1,0 +1,253 @@
+"""Authorize, callback and unlink views."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.mixins import LoginRequiredMixin
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render, resolve_url
+from django.urls import reverse
+from django.utils.decorators import method_decorator
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext_lazy as _
+from django.views import View
+from django.views.decorators.debug import sensitive_variables
+
+from . import oauth, services, states
+from .conf import app_settings
+from .exceptions import (
+    ConfigurationError,
+    InvalidTokenResponse,
+    SliceConnectError,
+    TokenRequestFailed,
+    TransientError,
+)
+from .models import SliceCredential
+
+logger = logging.getLogger(__name__)
+
+MAX_NEXT_LENGTH = 2048
+MAX_STATE_LENGTH = 512
+MAX_CODE_LENGTH = 4096
+SINGLE_VALUED = ("state", "code", "error", "error_description", "error_uri", "iss")
+
+#: Fixed texts for the error codes Slice documents (and RFC 6749 section 4.1.2.1 lists).
+#: ``error_description`` is never shown: it comes from the URL and anyone can forge it.
+ERROR_MESSAGES = {
+    "access_denied": _("You chose not to give this site access to your Slice account."),
+    "invalid_request": _("Slice could not understand the request to link your account."),
+    "unsupported_response_type": _("Slice refused the kind of request this site sent."),
+    "unauthorized_client": _("Slice does not allow this site to link accounts right now."),
+    "invalid_scope": _("Slice refused the access this site asked for."),
+    "server_error": _("Slice had a problem and could not link your account."),
+    "temporarily_unavailable": _("Slice is busy right now."),
+}
+GENERIC_ERROR = _("Slice could not link your account.")
+
+
+def safe_next(request: HttpRequest, target: str | None) -> str | None:
+    """Return ``target`` if it is a same-site relative path, else ``None``."""
+    if not target or len(target) > MAX_NEXT_LENGTH:
+        return None
+    if not target.startswith("/") or target.startswith(("//", "/\\")):
+        return None
+    if any(ord(ch) < 32 or ord(ch) == 127 or ch == "\\" for ch in target):
+        return None
+    if not url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return None
+    return target
+
+
+def default_next() -> str:
+    """Where to go when no valid ``next`` was given."""
+    return resolve_url(app_settings.LINK_SUCCESS_URL)
+
+
+def redirect_uri_for(request: HttpRequest) -> str:
+    """The configured ``REDIRECT_URI``, else the absolute URL of the callback view."""
+    return app_settings.REDIRECT_URI or request.build_absolute_uri(
+        reverse("slice_connect:callback")
+    )
+
+
+class AuthorizeView(LoginRequiredMixin, View):
+    """Start linking: GET shows a confirmation page, POST sends the user to Slice.
+
+    Starting on POST only (with CSRF) keeps another site from starting a flow for the user.
+    """
+
+    http_method_names = ["get", "post"]
+    template_name = "slice_connect/authorize.html"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        context = {
+            "next": safe_next(request, request.GET.get("next")) or "",
+            "credential": SliceCredential.objects.without_tokens()
+            .filter(user=request.user)
+            .first(),
+        }
+        return render(request, self.template_name, context)
+
+    @method_decorator(sensitive_variables("state"))
+    def post(self, request: HttpRequest) -> HttpResponse:
+        state = states.new_state()
+        attempt = states.remember(
+            request,
+            state,
+            redirect_uri=redirect_uri_for(request),
+            use_pkce=app_settings.USE_PKCE,
+            next_url=safe_next(request, request.POST.get("next") or request.GET.get("next")),
+        )
+        url = oauth.authorization_url(
+            state=state, redirect_uri=attempt.redirect_uri, use_pkce=attempt.use_pkce
+        )
+        response = HttpResponseRedirect(url)
+        response["Cache-Control"] = "no-store"
+        response["Referrer-Policy"] = "no-referrer"
+        return response
+
+
+class CallbackRejected(Exception):
+    """A callback that is refused before anything is sent to Slice."""
+
+    def __init__(self, message: Any, status: int = 400, *, retry: bool = True) -> None:
+        super().__init__(str(message))
+        self.message = message
+        self.status = status
+        self.retry = retry
+
+
+class CallbackView(View):
+    """Slice sends the user back here with ``code`` and ``state`` (or ``error``)."""
+
+    http_method_names = ["get"]
+    template_name = "slice_connect/error.html"
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = super().dispatch(request, *args, **kwargs)
+        response["Cache-Control"] = "no-store"
+        response["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @method_decorator(sensitive_variables("state", "code", "attempt", "tokens"))
+    def get(self, request: HttpRequest) -> HttpResponse:
+        try:
+            state = self._state(request)
+            attempt = states.pop(request, state)
+            self._check_attempt(request, attempt)
+            assert attempt is not None
+            code = self._code(request)
+            error = request.GET.get("error")
+            if error is not None:
+                raise CallbackRejected(ERROR_MESSAGES.get(error, GENERIC_ERROR))
+            if not code:
+                raise CallbackRejected(_("Slice sent you back without an authorization code."))
+        except CallbackRejected as rejected:
+            logger.info("Slice callback rejected: %s", rejected)
+            return self.error_page(request, rejected)
+        try:
+            tokens = oauth.exchange_code(
+                code=code, redirect_uri=attempt.redirect_uri, state=state, use_pkce=attempt.use_pkce
+            )
+        except SliceConnectError as exc:
+            return self.error_page(request, self._exchange_failure(exc))
+        services.link(request.user, tokens, request=request)
+        return HttpResponseRedirect(attempt.next_url or default_next())
+
+    def _state(self, request: HttpRequest) -> str:
+        if not request.user.is_authenticated:
+            raise CallbackRejected(_("Please log in, then link your Slice account again."), 403)
+        if len(request.GET.getlist("state")) > 1:
+            raise CallbackRejected(_("The link request was malformed."))
+        state = request.GET.get("state", "")
+        if not state or len(state) > MAX_STATE_LENGTH or not state.isprintable():
+            raise CallbackRejected(_("The link request is missing its security check."))
+        return state
+
+    def _code(self, request: HttpRequest) -> str | None:
+        params = request.GET
+        if any(len(params.getlist(name)) > 1 for name in SINGLE_VALUED):
+            raise CallbackRejected(_("The link request was malformed."))
+        code = params.get("code")
+        if code is not None and (
+            not code or len(code) > MAX_CODE_LENGTH or not code.isascii() or not code.isprintable()
+        ):
+            raise CallbackRejected(_("The authorization code is malformed."))
+        if code is not None and params.get("error") is not None:
+            raise CallbackRejected(_("The link request was malformed."))
+        return code
+
+    def _check_attempt(self, request: HttpRequest, attempt: states.PendingAttempt | None) -> None:
+        if attempt is None:
+            raise CallbackRejected(
+                _("This link request is unknown or was already used. Please start again.")
+            )
+        if attempt.user_id != str(request.user.pk):
+            raise CallbackRejected(_("This link request was started by someone else."), 403)
+        if states.is_expired(attempt):
+            raise CallbackRejected(_("This link request expired. Please start again."))
+        issuers = request.GET.getlist("iss")
+        if issuers and (len(issuers) > 1 or issuers[0] != self._expected_issuer()):
+            raise CallbackRejected(_("The link request came from an unexpected server."))
+
+    @staticmethod
+    def _expected_issuer() -> str:
+        if app_settings.ISSUER:
+            return app_settings.ISSUER
+        scheme, _sep, rest = app_settings.AUTHORIZE_URL.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}"
+
+    @staticmethod
+    def _exchange_failure(exc: SliceConnectError) -> CallbackRejected:
+        logger.warning("Exchanging a Slice authorization code failed: %s", exc.code)
+        if isinstance(exc, TokenRequestFailed):
+            return CallbackRejected(
+                _("The authorization from Slice expired before it could be used. Please try again.")
+            )
+        if isinstance(exc, ConfigurationError):
+            return CallbackRejected(
+                _("This site's connection to Slice is misconfigured. Please tell the site owner."),
+                502,
+                retry=False,
+            )
+        if isinstance(exc, TransientError):
+            return CallbackRejected(_("Slice did not answer in time. Please try again."), 502)
+        assert isinstance(exc, (InvalidTokenResponse, SliceConnectError))
+        return CallbackRejected(_("Slice sent an answer this site cannot use."), 502)
+
+    def error_page(self, request: HttpRequest, rejected: CallbackRejected) -> HttpResponse:
+        """Render the error page: a fixed message and a way to try again."""
+        context = {
+            "message": rejected.message,
+            "retry": rejected.retry and request.user.is_authenticated,
+            "home_url": default_next(),
+        }
+        return render(request, self.template_name, context, status=rejected.status)
+
+
+class UnlinkView(LoginRequiredMixin, View):
+    """POST (with CSRF) to unlink the user's Slice account."""
+
+    http_method_names = ["post"]
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        credential = (
+            SliceCredential.objects.filter(user=request.user)
+            .only("pk", "user", "refresh_token")
+            .first()
+        )
+        if credential is None:
+            logger.info("Unlink requested by user %s, who has no credential.", request.user.pk)
+            messages.info(request, _("Your Slice account was not linked."), fail_silently=True)
+        else:
+            services.unlink(credential, request=request)
+            messages.success(
+                request, _("Your Slice account is no longer linked."), fail_silently=True
+            )
+        target = safe_next(request, request.POST.get("next")) or default_next()
+        return HttpResponseRedirect(target)

@@ -1,0 +1,107 @@
+"""Settings for slice_connect's test suite.
+
+SQLite in memory by default. ``DATABASE_URL=postgres://USER@HOST:PORT/NAME`` runs the same
+suite on PostgreSQL (the locking tests need it). The Slice sandbox (django-oauth-toolkit)
+is installed alongside, so live-server tests talk OAuth 2.0 to a real server.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlsplit
+
+from example_project.slice_sandbox.conf import oauth2_provider_settings
+
+# The sandbox runs on http://localhost; oauthlib refuses http URLs unless told otherwise.
+os.environ.setdefault("OAUTHLIB_INSECURE_TRANSPORT", "1")
+
+SECRET_KEY = "slice-connect-tests-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "oauth2_provider",
+    "example_project.slice_sandbox",
+    "slice_connect",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "tests.urls"
+LOGIN_URL = "/accounts/login/"
+STATIC_URL = "/static/"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+
+def database_from_url(url: str) -> dict[str, object]:
+    """A DATABASES entry from ``postgres://user:password@host:port/name``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"Unsupported DATABASE_URL scheme: {parts.scheme!r}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": parts.hostname or "127.0.0.1",
+        "PORT": parts.port or 5432,
+        "USER": unquote(parts.username or "postgres"),
+        "PASSWORD": unquote(parts.password or ""),
+        "NAME": parts.path.lstrip("/") or "test",
+        "TEST": {"NAME": "test_slice_connect"},
+    }
+
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": database_from_url(os.environ["DATABASE_URL"])}
+else:
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+FERNET_KEYS = ["slice-connect-test-key-1"]
+
+# Points at the sandbox; tests that use a live server override the URLs with its address.
+SLICE_CONNECT = {
+    "CLIENT_ID": "test-client-id",
+    "CLIENT_SECRET": "test-client-secret",
+    "AUTHORIZE_URL": "https://slice.test/oauth/authorize",
+    "TOKEN_URL": "https://slice.test/oauth/token",
+    "REVOKE_URL": "https://slice.test/oauth/revoke",
+    "API_BASE_URL": "https://slice.test/api/v1/",
+}
+
+SLICE_SANDBOX: dict[str, object] = {}
+OAUTH2_PROVIDER = oauth2_provider_settings(**SLICE_SANDBOX)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "root": {"handlers": ["null"], "level": "DEBUG"},
+}
