@@ -105,3 +105,8 @@ LOGGING = {
     "handlers": {"null": {"class": "logging.NullHandler"}},
     "root": {"handlers": ["null"], "level": "DEBUG"},
 }
+
+# Celery: the worker tests start a real worker on Redis; nothing here runs tasks eagerly.
+CELERY_BROKER_URL = os.environ.get("SLICE_CONNECT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}

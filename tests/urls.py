@@ -13,7 +13,11 @@ def home(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     path("", home, name="home"),
     path("admin/", admin.site.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(template_name="slice_sandbox/login.html"),
+        name="login",
+    ),
     path("slice/", include("slice_connect.urls")),
     path("", include("example_project.slice_sandbox.urls")),
 ]
