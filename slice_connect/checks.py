@@ -17,8 +17,8 @@ E002_MSG = "A Slice endpoint is not an https URL: {key}."
 E002_HINT = "Use https for every Slice URL; plain http is allowed only with DEBUG=True."
 E003_MSG = "FERNET_KEYS is not set, so tokens are encrypted with SECRET_KEY."
 E003_HINT = "Set FERNET_KEYS to a list of secrets; rotating SECRET_KEY would lose every link."
-E004_MSG = "settings.SLICE_CONNECT is invalid: {error}"
-E004_HINT = "See the Configuration section of django-slice-connect's README."
+E004_MSG = "settings.SLICE_CONNECT is invalid."
+E004_HINT = "{error} See the Configuration section of django-slice-connect's README."
 W001_MSG = "SLICE_CONNECT['REDIRECT_URI'] is not set; it is built from the request's host."
 W001_HINT = "Set REDIRECT_URI to the exact https callback URL registered at Slice."
 
@@ -34,7 +34,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         app_settings.STATE_TTL  # noqa: B018
         app_settings.RENEW_WITHIN  # noqa: B018
     except ImproperlyConfigured as exc:
-        return [checks.Error(E004_MSG.format(error=exc), hint=E004_HINT, id="slice_connect.E004")]
+        return [checks.Error(E004_MSG, hint=E004_HINT.format(error=exc), id="slice_connect.E004")]
     errors: list[checks.CheckMessage] = []
     if not configured["CLIENT_ID"] or not configured["CLIENT_SECRET"]:
         errors.append(checks.Error(E001_MSG, hint=E001_HINT, id="slice_connect.E001"))

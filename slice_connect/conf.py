@@ -7,6 +7,7 @@ Every key has its default in :data:`DEFAULTS`; code reads settings only through
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import Any
 
@@ -48,14 +49,15 @@ REQUIRED = ("CLIENT_ID", "CLIENT_SECRET")
 
 def _seconds(value: Any, key: str) -> timedelta:
     """Accept a number of seconds or a ``timedelta``; reject anything else clearly."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, timedelta)):
         raise ImproperlyConfigured(
             f"{SETTING_NAME}['{key}'] must be a number of seconds or a timedelta, "
             f"not {type(value).__name__}."
         )
-    return timedelta(seconds=value)
+    duration = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if duration < timedelta(0):
+        raise ImproperlyConfigured(f"{SETTING_NAME}['{key}'] must not be negative.")
+    return duration
 
 
 class AppSettings:
@@ -140,14 +142,21 @@ class AppSettings:
         """(connect, read) timeout in seconds for every call to Slice."""
         value = self.get("HTTP_TIMEOUT")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return (float(value), float(value))
+            value = (value, value)
         try:
+            if isinstance(value, (str, bytes)):
+                raise TypeError(value)  # "10" would unpack into (1.0, 0.0)
             connect, read = value
-            return (float(connect), float(read))
+            pair = (float(connect), float(read))
         except (TypeError, ValueError):
+            pair = None
+        # requests raises a bare ValueError (not a RequestException) for 0, < 0 or NaN.
+        if pair is None or not all(math.isfinite(t) and t > 0 for t in pair):
             raise ImproperlyConfigured(
-                f"{SETTING_NAME}['HTTP_TIMEOUT'] must be seconds or a (connect, read) pair."
-            ) from None
+                f"{SETTING_NAME}['HTTP_TIMEOUT'] must be positive seconds or a (connect, read) "
+                "pair of them."
+            )
+        return pair
 
     @property
     def LINK_SUCCESS_URL(self) -> str:

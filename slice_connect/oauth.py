@@ -148,14 +148,18 @@ def retry_after_seconds(response: requests.Response) -> float | None:
     return max(0.0, (when - timezone.now()).total_seconds())
 
 
-def _read_body(response: requests.Response, deadline: float) -> bytes:
-    """Read at most MAX_RESPONSE_BYTES, giving up at ``deadline`` (a slow drip is a timeout)."""
+def _read_body(response: requests.Response, deadline: float) -> bytes | None:
+    """Read at most MAX_RESPONSE_BYTES (``None`` if larger), giving up at ``deadline``.
+
+    A slow drip of bytes would reset requests' per-read timeout for ever; the deadline
+    turns it into a timeout.
+    """
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(chunk_size=8192):
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
-            raise InvalidTokenResponse("Token response too large.", code="response_too_large")
+            return None
         if time.monotonic() > deadline:
             raise requests.ReadTimeout("Token response took longer than the timeout.")
         chunks.append(chunk)
@@ -289,16 +293,16 @@ def post_token_request(data: dict[str, str], *, require_refresh_token: bool) -> 
             raise TransientError(f"Could not reach Slice ({kind}).", code="connect_error") from None
         logger.warning("Token request (%s) sent but no answer: %s", grant_type, kind)
         raise ResponseLost(f"No answer from Slice ({kind}).") from None
-    except InvalidTokenResponse as exc:
-        # An oversized answer: the request was processed, whatever it said.
-        raise ResponseLost(str(exc), code=exc.code) from None
     received_at = timezone.now()
     if response.status_code != 200:
-        error = _error_for(response, content)
+        error = _error_for(response, content or b"")
         logger.warning(
             "Token request (%s) refused: HTTP %s, %s", grant_type, response.status_code, error.code
         )
         raise error
+    if content is None:
+        logger.warning("Token request (%s) got an oversized 200 answer.", grant_type)
+        raise ResponseLost("Token response too large.", code="response_too_large")
     try:
         return parse_token_response(
             content,

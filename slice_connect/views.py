@@ -20,7 +20,7 @@ from . import oauth, services, states
 from .conf import app_settings
 from .exceptions import (
     ConfigurationError,
-    InvalidTokenResponse,
+    ResponseLost,
     SliceConnectError,
     TokenRequestFailed,
     TransientError,
@@ -150,6 +150,9 @@ class CallbackView(View):
         except CallbackRejected as rejected:
             logger.info("Slice callback rejected: %s", rejected)
             return self.error_page(request, rejected)
+        # Persist the consumed state before calling Slice: SessionMiddleware does not save
+        # the session of a 5xx answer, and a reload must never redeem the code twice.
+        request.session.save()
         try:
             tokens = oauth.exchange_code(
                 code=code, redirect_uri=attempt.redirect_uri, state=state, use_pkce=attempt.use_pkce
@@ -215,9 +218,11 @@ class CallbackView(View):
                 502,
                 retry=False,
             )
-        if isinstance(exc, TransientError):
-            return CallbackRejected(_("Slice did not answer in time. Please try again."), 502)
-        assert isinstance(exc, (InvalidTokenResponse, SliceConnectError))
+        unusable_answer = isinstance(exc, ResponseLost) and exc.code != ResponseLost.code
+        if isinstance(exc, TransientError) and not unusable_answer:
+            return CallbackRejected(
+                _("Slice is not available right now. Please try again in a moment."), 502
+            )
         return CallbackRejected(_("Slice sent an answer this site cannot use."), 502)
 
     def error_page(self, request: HttpRequest, rejected: CallbackRejected) -> HttpResponse:

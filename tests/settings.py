@@ -72,7 +72,8 @@ def database_from_url(url: str) -> dict[str, object]:
         "USER": unquote(parts.username or "postgres"),
         "PASSWORD": unquote(parts.password or ""),
         "NAME": parts.path.lstrip("/") or "test",
-        "TEST": {"NAME": "test_slice_connect"},
+        # One test database per run, so parallel runs (tox envs, developers) never collide.
+        "TEST": {"NAME": f"test_slice_connect_{os.getpid()}"},
     }
 
 

@@ -1,0 +1,332 @@
+"""Static and dynamic hygiene: TLS, timeouts, CSPRNG state, and no secrets in logs."""
+
+from __future__ import annotations
+
+import ast
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+import responses
+from django.test import Client
+
+import slice_connect
+from slice_connect import oauth, services, states
+from slice_connect.models import SliceCredential
+
+PACKAGE = Path(slice_connect.__file__).parent
+SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts)
+HTTP_VERBS = {"get", "post", "put", "patch", "delete", "head", "options", "request"}
+#: Modules allowed to use ``random`` (backoff jitter only, never a secret).
+RANDOM_ALLOWED = {"tasks.py"}
+
+
+# -- the scanner ------------------------------------------------------------------------------
+
+
+def _receiver_name(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Call):
+        return _receiver_name(node.func)
+    return ""
+
+
+def _is_http_call(call: ast.Call) -> bool:
+    func = call.func
+    if not isinstance(func, ast.Attribute) or func.attr not in HTTP_VERBS:
+        return False
+    if (
+        isinstance(func.value, ast.Attribute)
+        and isinstance(func.value.value, ast.Name)
+        and func.value.value.id == "request"
+    ):
+        return False  # request.session is Django's session, not an HTTP client
+    receiver = _receiver_name(func.value).lower()
+    return receiver == "requests" or receiver.endswith("session")
+
+
+def _kwargs_get_timeout(function: ast.AST | None, name: str) -> bool:
+    """``name.setdefault("timeout", ...)`` or ``name["timeout"] = ...`` in ``function``."""
+    if function is None:
+        return False
+    for node in ast.walk(function):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "setdefault"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == name
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and node.args[0].value == "timeout"
+        ):
+            return True
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if (
+                    isinstance(target, ast.Subscript)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == name
+                    and isinstance(target.slice, ast.Constant)
+                    and target.slice.value == "timeout"
+                ):
+                    return True
+    return False
+
+
+def scan(source: str, filename: str = "<src>") -> list[str]:
+    """Return a line per problem: ``verify=False``, or an HTTP call without a timeout."""
+    tree = ast.parse(source, filename)
+    parents: dict[ast.AST, ast.AST] = {}
+    for parent in ast.walk(tree):
+        for child in ast.iter_child_nodes(parent):
+            parents[child] = parent
+
+    def enclosing_function(node: ast.AST) -> ast.AST | None:
+        while node in parents:
+            node = parents[node]
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                return node
+        return None
+
+    problems = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        for keyword in node.keywords:
+            if (
+                keyword.arg == "verify"
+                and isinstance(keyword.value, ast.Constant)
+                and keyword.value.value in (False, None, 0, "")
+            ):
+                problems.append(f"{filename}:{node.lineno}: verify={keyword.value.value!r}")
+        if not _is_http_call(node):
+            continue
+        named = {k.arg for k in node.keywords if k.arg}
+        if "timeout" in named:
+            timeout = next(k.value for k in node.keywords if k.arg == "timeout")
+            if isinstance(timeout, ast.Constant) and timeout.value is None:
+                problems.append(f"{filename}:{node.lineno}: timeout=None")
+            continue
+        spread = [k.value for k in node.keywords if k.arg is None]
+        if any(
+            isinstance(v, ast.Name) and _kwargs_get_timeout(enclosing_function(node), v.id)
+            for v in spread
+        ):
+            continue
+        problems.append(f"{filename}:{node.lineno}: HTTP call without timeout=")
+    return problems
+
+
+@pytest.mark.parametrize(
+    ("source", "bad"),
+    [
+        ("requests.post(url, data=d)", True),
+        ("requests.post(url, data=d, timeout=(1, 2))", False),
+        ("requests.get(url, timeout=None)", True),
+        ("requests.request('GET', url)", True),
+        ("requests.get(url, timeout=3, verify=False)", True),
+        ("session.request('GET', url)", True),
+        ("self.session.request('GET', url, timeout=t)", False),
+        ("self.session.get(url)", True),
+        ("requests.Session().get(url)", True),
+        ("def f(**kw):\n    self.session.request('GET', url, **kw)", True),
+        (
+            "def f(**kw):\n"
+            "    kw.setdefault('timeout', 3)\n"
+            "    self.session.request('GET', u, **kw)",
+            False,
+        ),
+        ("def f(**kw):\n    kw['timeout'] = 3\n    session.post(u, **kw)", False),
+        ("client.get('/path')", False),  # not an HTTP library call
+        ("d.get('key')", False),
+        ("request.session.get('key')", False),
+        ("Fernet(k).decrypt(v)", False),
+    ],
+)
+def test_scanner_catches_what_it_should(source: str, bad: bool) -> None:
+    assert bool(scan(source)) is bad
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_insecure_or_unbounded_http_calls(path: Path) -> None:
+    assert scan(path.read_text(), str(path)) == []
+
+
+def test_the_package_does_make_http_calls_the_scanner_sees() -> None:
+    # Guards against the scanner silently matching nothing.
+    found = 0
+    for path in SOURCES:
+        tree = ast.parse(path.read_text())
+        found += sum(1 for n in ast.walk(tree) if isinstance(n, ast.Call) and _is_http_call(n))
+    assert found >= 3
+
+
+def _imports_random(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(
+            a.name == "random" or a.name.startswith("random.") for a in node.names
+        ):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module == "random":
+            return True
+    return False
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_random_module_is_used_only_for_jitter(path: Path) -> None:
+    if path.name in RANDOM_ALLOWED and path.parent == PACKAGE:
+        return
+    assert not _imports_random(ast.parse(path.read_text())), path
+
+
+def test_state_and_verifier_modules_never_touch_random() -> None:
+    for name in ("states.py", "oauth.py", "views.py"):
+        tree = ast.parse((PACKAGE / name).read_text())
+        assert not _imports_random(tree), name
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        assert "random" not in names, name
+
+
+def test_new_state_uses_secrets() -> None:
+    tree = ast.parse((PACKAGE / "states.py").read_text())
+    function = next(
+        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "new_state"
+    )
+    calls = [ast.unparse(n.func) for n in ast.walk(function) if isinstance(n, ast.Call)]
+    assert calls == ["secrets.token_urlsafe"]
+    assert states.STATE_BYTES >= 32
+
+
+def test_oauthlib_never_generates_the_state() -> None:
+    # requests-oauthlib would make one with its own generator if we passed none.
+    tree = ast.parse((PACKAGE / "oauth.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    url_calls = [
+        c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "authorization_url"
+    ]
+    assert url_calls
+    for call in url_calls:
+        assert "state" in {k.arg for k in call.keywords}
+
+
+# -- no secrets in logs -------------------------------------------------------------------------
+
+TOKEN_URL = "https://slice.test/oauth/token"
+REVOKE_URL = "https://slice.test/oauth/revoke"
+SECRET = "CLIENTSECRET-CANARY-5b1f0c2e9d"
+TOKENS = [
+    ("ACCESS1-CANARY-d41d8cd98f00", "REFRESH1-CANARY-b204e9800998"),
+    ("ACCESS2-CANARY-0cc175b9c0f1", "REFRESH2-CANARY-92eb5ffee6ae"),
+]
+
+
+@pytest.fixture
+def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level(logging.DEBUG)
+    for name in (
+        "urllib3",
+        "requests",
+        "requests_oauthlib",
+        "oauthlib",
+        "django",
+        "django.request",
+        "django.db.backends",
+        "slice_connect",
+    ):
+        caplog.set_level(logging.DEBUG, logger=name)
+    yield caplog
+
+
+def _record_text(record: logging.LogRecord) -> str:
+    parts = [record.getMessage(), repr(record.args), record.exc_text or "", str(record.msg)]
+    if record.exc_info and record.exc_info[1] is not None:
+        parts.append(repr(record.exc_info[1]))
+    return "\n".join(parts)
+
+
+@pytest.mark.django_db
+def test_full_flow_logs_no_secret(
+    debug_logs: pytest.LogCaptureFixture,
+    user: Any,
+    settings: Any,
+    django_capture_on_commit_callbacks: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings.SLICE_CONNECT = {
+        "CLIENT_ID": "test-client-id",
+        "CLIENT_SECRET": SECRET,
+        "AUTHORIZE_URL": "https://slice.test/oauth/authorize",
+        "TOKEN_URL": TOKEN_URL,
+        "REVOKE_URL": REVOKE_URL,
+        "API_BASE_URL": "https://slice.test/api/v1/",
+    }
+    codes = ["CODE1-CANARY-8277e0910d75", "CODE2-CANARY-e4da3b7fbbce"]
+    client = Client()
+    client.force_login(user)
+    seen_states: list[str] = []
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.post(
+            TOKEN_URL,
+            json={"access_token": TOKENS[0][0], "refresh_token": TOKENS[0][1], "expires_in": 60},
+        )
+        mock.post(REVOKE_URL, status=503)
+
+        # 1. link
+        start = client.post("/slice/authorize/", {"next": "/after/"})
+        state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+        seen_states.append(state)
+        with django_capture_on_commit_callbacks(execute=True):
+            done = client.get(f"/slice/callback/?{urlencode({'state': state, 'code': codes[0]})}")
+        assert done.status_code == 302
+
+        # 2. two error cases: a replayed callback, and Slice refusing a code
+        client.get(f"/slice/callback/?{urlencode({'state': state, 'code': codes[0]})}")
+        mock.replace(
+            responses.POST,
+            TOKEN_URL,
+            status=400,
+            json={"error": "invalid_grant", "error_description": f"bad {codes[1]}"},
+        )
+        start = client.post("/slice/authorize/")
+        state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+        seen_states.append(state)
+        assert (
+            client.get(
+                f"/slice/callback/?{urlencode({'state': state, 'code': codes[1]})}"
+            ).status_code
+            == 400
+        )
+
+        # 3. a renewal, then an unlink whose revocation fails
+        mock.replace(
+            responses.POST,
+            TOKEN_URL,
+            json={"access_token": TOKENS[1][0], "refresh_token": TOKENS[1][1], "expires_in": 60},
+        )
+        credential = SliceCredential.objects.get(user=user)
+        with django_capture_on_commit_callbacks(execute=True):
+            services.renew(credential, force=True)
+        assert credential.access_token == TOKENS[1][0]
+        with django_capture_on_commit_callbacks(execute=True):
+            assert client.post("/slice/unlink/").status_code == 302
+        assert len([c for c in mock.calls if c.request.url == REVOKE_URL]) == 1
+        assert parse_qs(mock.calls[-1].request.body)["token"] == [TOKENS[1][1]]
+
+    secrets_ = [SECRET, *codes, *seen_states, *(oauth.pkce_verifier(s) for s in seen_states)]
+    for access, refresh in TOKENS:
+        secrets_ += [access, refresh]
+    assert len(debug_logs.records) >= 5  # the flow did log, at several levels
+    for record in debug_logs.records:
+        text = _record_text(record)
+        for value in secrets_:
+            assert value not in text, (record.name, record.levelname, record.getMessage())
+    printed = capsys.readouterr()
+    for value in secrets_:
+        assert value not in printed.out and value not in printed.err
