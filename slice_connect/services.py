@@ -109,6 +109,9 @@ def unlink(credential: SliceCredential, request: HttpRequest | None = None) -> N
     Deleting the row any other way (the admin, deleting the user) does the same, through
     :func:`credential_deleted`; this function only adds the request to the signal.
     """
+    if "refresh_token" in credential.get_deferred_fields():
+        # The admin loads credentials without their tokens; revoking needs the refresh token.
+        credential.refresh_from_db(fields=["refresh_token"])
     credential._slice_connect_request = request  # type: ignore[attr-defined]
     credential.delete()
 
@@ -215,7 +218,8 @@ def renew(credential: SliceCredential, *, force: bool = False) -> SliceCredentia
     returned. Raises :class:`NeedsReauth`, :class:`TransientError` or
     :class:`ConfigurationError` (see the README's error taxonomy).
     """
-    return renew_with_result(credential, force=force).credential
+    renew_with_result(credential, force=force)
+    return credential
 
 
 def renew_with_result(
@@ -332,7 +336,8 @@ def _spend_refresh_token(
                 exc.code,
                 row.pk,
             )
-            row.renewal_started_at = started_before
+            # A lost first answer may have rotated the token: keep the journal then.
+            row.renewal_started_at = started_before if not lost else row.renewal_started_at
             row.save(update_fields=["renewal_started_at"])
             return exc
         except (TransientError, InvalidTokenResponse) as exc:
