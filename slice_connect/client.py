@@ -149,7 +149,9 @@ class SliceClient:
         headers = dict(kwargs.pop("headers", None) or {})
         headers["Authorization"] = f"Bearer {token}"
         headers.setdefault("Accept", "application/json")
-        kwargs.setdefault("timeout", app_settings.HTTP_TIMEOUT)
+        if kwargs.get("timeout") is None:
+            # Never without a timeout, even if a caller passes timeout=None.
+            kwargs["timeout"] = app_settings.HTTP_TIMEOUT
         for _hop in range(MAX_REDIRECTS + 1):
             try:
                 response = self.session.request(

@@ -78,4 +78,8 @@ class EncryptedTokenField(EncryptedTextField):
     def get_db_prep_save(self, value: Any, connection: Any) -> Any:
         if isinstance(value, UnreadableToken):
             raise ValueError("Refusing to save an undecryptable token over its ciphertext.")
+        if hasattr(value, "as_sql"):
+            # Upstream would store the encrypted repr of the expression ("Value('...')") as
+            # the token; raw bytes are written with SQL (slice_connect_rotate_keys).
+            raise TypeError("Encrypted token columns take plain values, not SQL expressions.")
         return super().get_db_prep_save(value, connection)

@@ -7,7 +7,7 @@ these functions; nothing else writes tokens or sends slice_connect's signals.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -232,11 +232,37 @@ def renew_with_result(
     """
     try:
         result = _renew(credential.pk, force=force, seen_version=seen_version)
-    except NeedsReauth:
+    except NeedsReauth as exc:
         credential.status = Status.NEEDS_REAUTH
+        credential.status_reason = exc.reason
         raise
     credential.copy_from(result.credential)
     return result
+
+
+def mark_unreadable(pks: Iterable[int]) -> int:
+    """Flag active credentials whose tokens no key decrypts; returns how many changed.
+
+    Each gets ``status = needs_reauth`` (reason ``undecryptable``), its tokens untouched,
+    and ``credential_renewal_failed`` with ``permanent=True`` after commit.
+    """
+    now = timezone.now()
+    changed = 0
+    with transaction.atomic():
+        rows = (
+            SliceCredential.objects.select_for_update()
+            .without_tokens()
+            .filter(pk__in=list(pks), status=Status.ACTIVE)
+        )
+        for row in rows:
+            _mark_needs_reauth(row, Reason.UNDECRYPTABLE, now)
+            row.save(update_fields=STATUS_FIELDS)
+            error = CredentialUnreadable(
+                f"Credential {row.pk} cannot be decrypted.", reason=Reason.UNDECRYPTABLE
+            )
+            _failed(row, error, permanent=True)
+            changed += 1
+    return changed
 
 
 def _needed(row: SliceCredential, now: datetime, force: bool, seen_version: int | None) -> bool:
