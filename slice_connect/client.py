@@ -158,8 +158,9 @@ class SliceClient:
                     method, url, headers=headers, allow_redirects=False, **kwargs
                 )
             except requests.RequestException as exc:
+                code = "timeout" if isinstance(exc, requests.Timeout) else "connection_error"
                 raise TransientError(
-                    f"Slice API unreachable ({type(exc).__name__}).", code="connect_error"
+                    f"Slice API unreachable ({type(exc).__name__}).", code=code
                 ) from None
             if not response.is_redirect:
                 return response

@@ -291,8 +291,6 @@ def _renew(pk: int, *, force: bool, seen_version: int | None) -> RenewalResult:
             _failed(row, problem, permanent=True)
     if problem is not None:
         raise problem
-    # An attempt stamped longer ago than any live renewal lasts died after (maybe) posting.
-    inherited_lost = started is not None and started <= now - _lease()
 
     # Phase 2: the single flight. Whoever holds the lock first spends the refresh token;
     # the others find a new version and return the sibling's tokens.
@@ -303,7 +301,7 @@ def _renew(pk: int, *, force: bool, seen_version: int | None) -> RenewalResult:
             )
         if row.version != version:
             return RenewalResult(row, renewed=False)
-        outcome = _spend_refresh_token(row, started_before=started, lost=inherited_lost)
+        outcome = _spend_refresh_token(row, started_before=started, lost=_maybe_spent(row))
         if outcome is None:
             _send_on_commit(signals.credential_renewed, credential=row)
         elif not isinstance(outcome, ConfigurationError):
@@ -311,6 +309,21 @@ def _renew(pk: int, *, force: bool, seen_version: int | None) -> RenewalResult:
     if outcome is not None:
         raise outcome
     return RenewalResult(row, renewed=True)
+
+
+def _maybe_spent(row: SliceCredential) -> bool:
+    """Whether the journal says the row's refresh token may already have been spent.
+
+    The stamp is left set by an attempt that died after posting (so it is older than any
+    live renewal lasts) or by one whose answers were lost (it then recorded a failure after
+    setting it). A fresh stamp with no failure after it belongs to a live attempt.
+    """
+    started = row.renewal_started_at
+    if started is None:
+        return False
+    if started <= timezone.now() - _lease():
+        return True
+    return row.last_error_at is not None and row.last_error_at >= started
 
 
 def _failed(row: SliceCredential, error: SliceConnectError, *, permanent: bool) -> None:
@@ -362,9 +375,13 @@ def _spend_refresh_token(
                 exc.code,
                 row.pk,
             )
-            # A lost first answer may have rotated the token: keep the journal then.
-            row.renewal_started_at = started_before if not lost else row.renewal_started_at
-            row.save(update_fields=["renewal_started_at"])
+            if lost:
+                # A lost first answer may have rotated the token: keep the journal, and
+                # record the failure so the next attempt knows the stamp is not a live one.
+                _record_failure(row, exc, timezone.now())
+            else:
+                row.renewal_started_at = started_before
+            row.save(update_fields=BOOKKEEPING)
             return exc
         except (TransientError, InvalidTokenResponse) as exc:
             now = timezone.now()

@@ -71,6 +71,8 @@ class Command(BaseCommand):
                 user = user_model._default_manager.filter(pk=int(value)).first()
             if user is None:
                 raise CommandError(f"No user {value!r}.")
+            if not credentials.filter(user=user).exists():
+                raise CommandError(f"User {value!r} has not linked a Slice account.")
             return credentials.filter(user=user)
         if options["all"]:
             return credentials.active()
