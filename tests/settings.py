@@ -8,8 +8,8 @@ is installed alongside, so live-server tests talk OAuth 2.0 to a real server.
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlsplit
 
+from example_project.database_url import database_from_url
 from example_project.slice_sandbox.conf import oauth2_provider_settings
 
 # The sandbox runs on http://localhost; oauthlib refuses http URLs unless told otherwise.
@@ -60,25 +60,14 @@ TEMPLATES = [
 ]
 
 
-def database_from_url(url: str) -> dict[str, object]:
-    """A DATABASES entry from ``postgres://user:password@host:port/name``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"Unsupported DATABASE_URL scheme: {parts.scheme!r}")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "HOST": parts.hostname or "127.0.0.1",
-        "PORT": parts.port or 5432,
-        "USER": unquote(parts.username or "postgres"),
-        "PASSWORD": unquote(parts.password or ""),
-        "NAME": parts.path.lstrip("/") or "test",
-        # One test database per run, so parallel runs (tox envs, developers) never collide.
-        "TEST": {"NAME": f"test_slice_connect_{os.getpid()}"},
-    }
-
-
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": database_from_url(os.environ["DATABASE_URL"])}
+    DATABASES = {
+        "default": {
+            **database_from_url(os.environ["DATABASE_URL"], "test"),
+            # One test database per run, so parallel runs (tox envs, developers) never collide.
+            "TEST": {"NAME": f"test_slice_connect_{os.getpid()}"},
+        }
+    }
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 

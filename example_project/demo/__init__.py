@@ -1,0 +1,1 @@
+"""The example project's own app: demo wiring and the ``demo`` command."""
