@@ -66,6 +66,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         service_missing("browser", f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Close connections live-server threads still hold when the session ends.
+
+    A browser's keep-alive connection can outlive its test, and the server thread serving
+    it keeps a PostgreSQL session open, so the test database could not be dropped.
+    """
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 # -- users and credentials ---------------------------------------------------------------
 
 
