@@ -9,6 +9,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from django.contrib.auth.models import AbstractBaseUser
+from django.views.decorators.debug import sensitive_variables
 
 from . import services
 from .conf import app_settings
@@ -140,6 +141,7 @@ class SliceClient:
         ):
             services.renew(credential)
 
+    @sensitive_variables()  # the token, the headers, and the HTTP stack's frames below
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         token = self.credential.access_token
         if not isinstance(token, str):

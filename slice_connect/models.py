@@ -47,7 +47,10 @@ class SliceCredentialQuerySet(models.QuerySet["SliceCredential"]):
             if last is not None:
                 page = rows.filter(
                     models.Q(refresh_token_expires_at__gt=last[0])
-                    | models.Q(refresh_token_expires_at=last[0], pk__gt=last[1])
+                    | models.Q(refresh_token_expires_at=last[0], pk__gt=last[1]),
+                    # Implied by the OR, but only as a plain range can the index start the
+                    # scan at the cursor; without it every page rescans from the first row.
+                    refresh_token_expires_at__gte=last[0],
                 )
             batch = list(page.values_list("refresh_token_expires_at", "pk")[:batch_size])
             for _expires, pk in batch:
@@ -133,7 +136,12 @@ class SliceCredential(models.Model):
         return f"Slice link of {self.user}"
 
     def __repr__(self) -> str:
-        return f"<SliceCredential id={self.pk} user_id={self.user_id} status={self.status}>"
+        # Only what is loaded: a deferred field would query (and fail on a deleted row).
+        loaded = self.__dict__
+        return (
+            f"<SliceCredential id={self.pk} user_id={loaded.get('user_id')} "
+            f"status={loaded.get('status')}>"
+        )
 
     @property
     def is_active(self) -> bool:

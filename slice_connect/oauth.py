@@ -262,7 +262,7 @@ def _error_for(response: requests.Response, body: bytes) -> SliceConnectError:
     return InvalidTokenResponse(f"Slice answered HTTP {status}.", code=f"http_{status}")
 
 
-@sensitive_variables("data")
+@sensitive_variables()  # every local, and the HTTP stack's frames below (kwargs["data"])
 def post_token_request(data: dict[str, str], *, require_refresh_token: bool) -> TokenSet:
     """POST one token request (no retries) and return the validated answer.
 
@@ -316,7 +316,7 @@ def post_token_request(data: dict[str, str], *, require_refresh_token: bool) -> 
         raise ResponseLost(str(exc), code=exc.code) from None
 
 
-@sensitive_variables("code", "state", "verifier")
+@sensitive_variables("code", "state", "verifier", "data")
 def exchange_code(*, code: str, redirect_uri: str, state: str, use_pkce: bool) -> TokenSet:
     """Exchange an authorization code for tokens, at once (codes live 60 seconds).
 
@@ -346,7 +346,7 @@ def refresh(refresh_token: str) -> TokenSet:
     )
 
 
-@sensitive_variables("token")
+@sensitive_variables()  # every local, and the HTTP stack's frames below (kwargs["data"])
 def revoke(token: str, *, token_type_hint: str = "refresh_token") -> bool:
     """Ask Slice to revoke ``token`` (best effort). Returns whether Slice confirmed it."""
     url = app_settings.REVOKE_URL

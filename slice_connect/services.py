@@ -47,7 +47,7 @@ def _send_on_commit(signal: Any, **kwargs: Any) -> None:
 # -- link / unlink ---------------------------------------------------------------------
 
 
-@sensitive_variables("tokens")
+@sensitive_variables()  # every local, and the ORM's frames below (the plaintext values)
 def link(user: Any, tokens: oauth.TokenSet, request: HttpRequest | None = None) -> SliceCredential:
     """Store ``tokens`` as ``user``'s credential, creating or replacing it atomically.
 
@@ -116,6 +116,7 @@ def unlink(credential: SliceCredential, request: HttpRequest | None = None) -> N
     credential.delete()
 
 
+@sensitive_variables("token")
 def credential_deleted(sender: Any, instance: SliceCredential, **kwargs: Any) -> None:
     """``post_delete`` receiver: after commit, revoke at Slice and send the signal."""
     request = getattr(instance, "_slice_connect_request", None)
@@ -124,6 +125,7 @@ def credential_deleted(sender: Any, instance: SliceCredential, **kwargs: Any) ->
         token = instance.refresh_token
     user = instance.user
 
+    @sensitive_variables("token")
     def after_commit() -> None:
         if app_settings.REVOKE_ON_UNLINK and isinstance(token, str) and token:
             oauth.revoke(token)
@@ -131,7 +133,9 @@ def credential_deleted(sender: Any, instance: SliceCredential, **kwargs: Any) ->
             sender=SliceCredential, credential=instance, user=user, request=request
         )
 
-    transaction.on_commit(after_commit)
+    # robust: the row is gone either way; a failing receiver or revocation is logged,
+    # never turned into an error for the request that unlinked.
+    transaction.on_commit(after_commit, robust=True)
     logger.info("Unlinked Slice credential %s (user %s).", instance.pk, instance.user_id)
 
 
@@ -332,7 +336,7 @@ def _failed(row: SliceCredential, error: SliceConnectError, *, permanent: bool) 
     )
 
 
-@sensitive_variables("tokens", "refresh_token")
+@sensitive_variables()  # every local, and the frames below (HTTP stack, ORM save)
 def _spend_refresh_token(
     row: SliceCredential, *, started_before: datetime | None, lost: bool
 ) -> SliceConnectError | None:

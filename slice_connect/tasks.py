@@ -10,6 +10,7 @@ import random
 from typing import Any
 
 from celery import shared_task
+from django.utils import timezone
 
 from . import services
 from .conf import app_settings
@@ -70,15 +71,27 @@ def renew_due_credentials() -> int:
     At most ``RENEW_RATE_LIMIT`` x ``RENEW_SPREAD`` credentials are scheduled per run, most
     urgent first, each at its own slot in the window plus jitter; the rest wait for the next
     run, so a backlog after an outage reaches Slice at a steady rate.
+
+    Credentials whose refresh token has already expired are enqueued at once and take no
+    slot: their task sends nothing to Slice (it only marks them needs_reauth), and as the
+    most urgent they would otherwise push live credentials past their own deadlines.
     """
     rate = max(app_settings.RENEW_RATE_LIMIT, 0.001)
     capacity = max(1, int(rate * app_settings.RENEW_SPREAD.total_seconds()))
+    now = timezone.now()
+    due = SliceCredential.objects.due_for_renewal(now)
+    expired = 0
+    for credential_id in due.filter(refresh_token_expires_at__lte=now).iter_ids():
+        renew_credential.apply_async((credential_id,), countdown=0)
+        expired += 1
     scheduled = 0
-    for credential_id in SliceCredential.objects.due_for_renewal().iter_ids():
+    for credential_id in due.filter(refresh_token_expires_at__gt=now).iter_ids():
         if scheduled >= capacity:
             break
         countdown = (scheduled + random.random()) / rate  # noqa: S311
         renew_credential.apply_async((credential_id,), countdown=countdown)
         scheduled += 1
-    logger.info("Scheduled %s Slice credential renewals.", scheduled)
-    return scheduled
+    logger.info(
+        "Scheduled %s Slice credential renewals (and %s expired links).", scheduled, expired
+    )
+    return scheduled + expired

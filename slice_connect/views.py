@@ -54,7 +54,7 @@ def safe_next(request: HttpRequest, target: str | None) -> str | None:
         return None
     if not target.startswith("/") or target.startswith(("//", "/\\")):
         return None
-    if any(ord(ch) < 32 or ord(ch) == 127 or ch == "\\" for ch in target):
+    if "\\" in target or not target.isprintable():  # control, format and separator chars
         return None
     if not url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()

@@ -278,3 +278,13 @@ def test_copy_from_skips_deferred_fields(credential: SliceCredential) -> None:
     target.copy_from(source)
     assert target.version == 7 and target.failure_count == 2
     assert target.access_token == credential.access_token
+
+
+def test_repr_of_deleted_deferred_instance_does_not_query(
+    credential: SliceCredential, django_assert_num_queries: Any
+) -> None:
+    partial = SliceCredential.objects.only("pk").get(pk=credential.pk)
+    SliceCredential.objects.filter(pk=credential.pk).delete()
+    with django_assert_num_queries(0):
+        text = repr(partial)
+    assert text == f"<SliceCredential id={credential.pk} user_id=None status=None>"

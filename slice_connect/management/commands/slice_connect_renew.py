@@ -7,6 +7,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from slice_connect import services
 from slice_connect.exceptions import NeedsReauth, SliceConnectError
@@ -40,6 +41,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         force = bool(options["all"] or options["user"])
+        started_at = timezone.now()
         queryset = self._queryset(options)
         total = queryset.count()
         if options["dry_run"]:
@@ -50,7 +52,10 @@ class Command(BaseCommand):
         counts = {"renewed": 0, "failed": 0, "skipped": 0}
         every = max(1, options["progress_every"])
         started = time.monotonic()
-        for done, pk in enumerate(queryset.iter_ids(), start=1):
+        # iter_ids walks refresh deadlines in order and a renewal moves a deadline past the
+        # cursor: without this, --all would meet every renewed credential again, for ever.
+        pending = queryset.exclude(last_renewed_at__gte=started_at)
+        for done, pk in enumerate(pending.iter_ids(), start=1):
             counts[self._renew_one(pk, force)] += 1
             if done % every == 0 and done < total:
                 rate = done / max(time.monotonic() - started, 1e-9)
