@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -150,12 +150,6 @@ class RenewalResult:
     renewed: bool
 
 
-def _lease() -> timedelta:
-    """How long a live renewal can keep ``renewal_started_at`` set; older means it died."""
-    connect, read = app_settings.HTTP_TIMEOUT
-    return app_settings.LOCK_TIMEOUT + timedelta(seconds=2 * (connect + read) + 5)
-
-
 @contextmanager
 def _locked(pk: int) -> Iterator[SliceCredential]:
     """Lock the credential's row for the rest of a new transaction and yield it, re-read."""
@@ -286,8 +280,9 @@ def _renew(pk: int, *, force: bool, seen_version: int | None) -> RenewalResult:
             return RenewalResult(row, renewed=False)
         if problem is None:
             started = row.renewal_started_at
+            own_stamp = None
             if started is None:
-                row.renewal_started_at = now
+                row.renewal_started_at = own_stamp = now
                 row.save(update_fields=["renewal_started_at"])
             version = row.version
         elif was_active:
@@ -305,7 +300,8 @@ def _renew(pk: int, *, force: bool, seen_version: int | None) -> RenewalResult:
             )
         if row.version != version:
             return RenewalResult(row, renewed=False)
-        outcome = _spend_refresh_token(row, started_before=started, lost=_maybe_spent(row))
+        lost = _maybe_spent(row, own_stamp)
+        outcome = _spend_refresh_token(row, started_before=started, lost=lost)
         if outcome is None:
             _send_on_commit(signals.credential_renewed, credential=row)
         elif not isinstance(outcome, ConfigurationError):
@@ -315,19 +311,22 @@ def _renew(pk: int, *, force: bool, seen_version: int | None) -> RenewalResult:
     return RenewalResult(row, renewed=True)
 
 
-def _maybe_spent(row: SliceCredential) -> bool:
+def _maybe_spent(row: SliceCredential, own_stamp: datetime | None) -> bool:
     """Whether the journal says the row's refresh token may already have been spent.
 
-    The stamp is left set by an attempt that died after posting (so it is older than any
-    live renewal lasts) or by one whose answers were lost (it then recorded a failure after
-    setting it). A fresh stamp with no failure after it belongs to a live attempt.
+    Read under the phase-2 lock, just before posting. A stamp this attempt did not set was
+    left by an attempt that may have posted and then died (a worker killed after the POST,
+    whose task Celery redelivers at once) or that is still waiting for the lock (it has not
+    posted: the one case the label can get wrong, and only if Slice also revoked the token
+    meanwhile). Our own stamp counts too once a sibling recorded a failure after it: its
+    answers were lost and it kept the stamp on purpose.
     """
-    started = row.renewal_started_at
-    if started is None:
+    stamp = row.renewal_started_at
+    if stamp is None:
         return False
-    if started <= timezone.now() - _lease():
+    if stamp != own_stamp:
         return True
-    return row.last_error_at is not None and row.last_error_at >= started
+    return row.last_error_at is not None and row.last_error_at >= stamp
 
 
 def _failed(row: SliceCredential, error: SliceConnectError, *, permanent: bool) -> None:
