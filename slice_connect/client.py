@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -16,7 +18,7 @@ from .conf import app_settings
 from .exceptions import ApiError, NeedsReauth, NotLinked, TransientError
 from .fields import UnreadableToken
 from .models import SliceCredential
-from .oauth import retry_after_seconds
+from .oauth import read_body, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,15 @@ MAX_REDIRECTS = 3
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _total_seconds(timeout: Any) -> float:
+    """connect + read of a requests ``timeout`` (one number is both); inf when unbounded."""
+    parts = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    try:
+        return sum(math.inf if part is None else float(part) for part in parts)
+    except (TypeError, ValueError):
+        return math.inf
 
 
 class SliceClient:
@@ -154,12 +165,23 @@ class SliceClient:
         if kwargs.get("timeout") is None:
             # Never without a timeout, even if a caller passes timeout=None.
             kwargs["timeout"] = app_settings.HTTP_TIMEOUT
+        stream = kwargs.pop("stream", False)
         for _hop in range(MAX_REDIRECTS + 1):
+            # The read timeout restarts with every byte; the body is read by this deadline.
+            deadline = time.monotonic() + _total_seconds(kwargs["timeout"])
             try:
                 response = self.session.request(
-                    method, url, headers=headers, allow_redirects=False, **kwargs
+                    method, url, headers=headers, allow_redirects=False, stream=True, **kwargs
                 )
+                if not stream and not response.is_redirect:
+                    try:
+                        response._content = read_body(response, deadline)
+                    except requests.RequestException:
+                        response.close()
+                        raise
             except requests.RequestException as exc:
+                if isinstance(exc, requests.exceptions.SSLError):
+                    logger.error("TLS failure on the Slice API (%s).", type(exc).__name__)
                 code = "timeout" if isinstance(exc, requests.Timeout) else "connection_error"
                 raise TransientError(
                     f"Slice API unreachable ({type(exc).__name__}).", code=code

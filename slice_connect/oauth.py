@@ -12,6 +12,8 @@ import email.utils
 import hashlib
 import json
 import logging
+import math
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,7 +24,17 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 from requests_oauthlib import OAuth2Session
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    DecodeError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import SSLError as Urllib3SSLError
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from .conf import app_settings
 from .exceptions import (
@@ -121,9 +133,31 @@ def authorization_url(*, state: str, redirect_uri: str, use_pkce: bool) -> str:
 # -- token endpoint --------------------------------------------------------------------
 
 
+def _tls_error_before_sending(exc: requests.exceptions.SSLError) -> bool:
+    """Whether a TLS error surely happened before the request was sent.
+
+    A certificate that fails verification stops the handshake, so nothing was sent. Any
+    other TLS error may have come after the request went out (a fatal alert, a corrupted
+    record), so it counts as possibly processed: the code is not redeemed again.
+    """
+    error: object = exc.args[0] if exc.args else None
+    for _ in range(4):  # requests SSLError -> MaxRetryError -> urllib3 SSLError -> ssl error
+        if isinstance(error, (ssl.SSLCertVerificationError, CertificateError)):
+            return True
+        if isinstance(error, MaxRetryError):
+            error = error.reason
+        elif isinstance(error, Urllib3SSLError):
+            error = error.args[0] if error.args else None
+        else:
+            break
+    return isinstance(error, (ssl.SSLCertVerificationError, CertificateError))
+
+
 def _definitely_not_sent(exc: requests.RequestException) -> bool:
     """True when the request cannot have reached the server (connect-phase failure)."""
-    if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.SSLError)):
+    if isinstance(exc, requests.exceptions.SSLError):
+        return _tls_error_before_sending(exc)
+    if isinstance(exc, requests.ConnectTimeout):
         return True
     if isinstance(exc, requests.ConnectionError) and exc.args:
         reason = getattr(exc.args[0], "reason", exc.args[0])
@@ -148,22 +182,45 @@ def retry_after_seconds(response: requests.Response) -> float | None:
     return max(0.0, (when - timezone.now()).total_seconds())
 
 
-def _read_body(response: requests.Response, deadline: float) -> bytes | None:
-    """Read at most MAX_RESPONSE_BYTES (``None`` if larger), giving up at ``deadline``.
+def read_body(
+    response: requests.Response, deadline: float, *, limit: int | None = None
+) -> bytes | None:
+    """Read a streamed body by ``deadline`` (``time.monotonic``); ``None`` past ``limit`` bytes.
 
-    A slow drip of bytes would reset requests' per-read timeout for ever; the deadline
-    turns it into a timeout.
+    requests' read timeout restarts with every byte, and ``iter_content`` blocks until a
+    whole chunk has arrived, so a server dripping bytes would hold the call for ever. Here
+    each socket read returns what has arrived and waits at most the time left.
     """
+    raw = response.raw
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    read_timeout = sock.gettimeout() if sock is not None else None
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_content(chunk_size=8192):
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise requests.ReadTimeout("The response took longer than the timeout.")
+        if sock is not None:
+            wait = left if read_timeout is None else min(read_timeout, left)
+            sock.settimeout(None if math.isinf(wait) else wait)
+        try:
+            chunk = raw.read1(8192)
+        except ReadTimeoutError as exc:
+            raise requests.ReadTimeout(exc) from None
+        except Urllib3SSLError as exc:
+            raise requests.exceptions.SSLError(exc) from None
+        except ProtocolError as exc:
+            raise requests.exceptions.ChunkedEncodingError(exc) from None
+        except DecodeError as exc:
+            raise requests.exceptions.ContentDecodingError(exc) from None
+        except Urllib3HTTPError as exc:
+            raise requests.ConnectionError(exc) from None
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
+        if limit is not None and size > limit:
             return None
-        if time.monotonic() > deadline:
-            raise requests.ReadTimeout("Token response took longer than the timeout.")
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -283,7 +340,7 @@ def post_token_request(data: dict[str, str], *, require_refresh_token: bool) -> 
             allow_redirects=False,
             stream=True,
         ) as response:
-            content = _read_body(response, deadline)
+            content = read_body(response, deadline, limit=MAX_RESPONSE_BYTES)
     except requests.RequestException as exc:
         kind = type(exc).__name__
         if _definitely_not_sent(exc):
@@ -291,6 +348,8 @@ def post_token_request(data: dict[str, str], *, require_refresh_token: bool) -> 
             if isinstance(exc, requests.exceptions.SSLError):
                 logger.error("TLS verification of Slice's token endpoint failed.")
             raise TransientError(f"Could not reach Slice ({kind}).", code="connect_error") from None
+        if isinstance(exc, requests.exceptions.SSLError):
+            logger.error("TLS failure on Slice's token endpoint after the request was sent.")
         logger.warning("Token request (%s) sent but no answer: %s", grant_type, kind)
         raise ResponseLost(f"No answer from Slice ({kind}).") from None
     received_at = timezone.now()

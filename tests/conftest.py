@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +23,8 @@ import pytest
 import requests
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from urllib3.exceptions import MaxRetryError
+from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from slice_connect.models import SliceCredential
 
@@ -193,6 +196,12 @@ def browser_session(live_server: Any) -> Iterator[Callable[[Any], requests.Sessi
     yield make
     for session in sessions:
         session.close()
+
+
+def certificate_error(url: str = "https://slice.test/") -> requests.exceptions.SSLError:
+    """What requests raises when a certificate fails verification (before sending)."""
+    cause = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    return requests.exceptions.SSLError(MaxRetryError(None, url, Urllib3SSLError(cause)))  # type: ignore[arg-type]
 
 
 def query_of(url: str) -> dict[str, list[str]]:

@@ -27,7 +27,11 @@ from slice_connect.exceptions import (
     TransientError,
 )
 
+from .conftest import certificate_error
+
 TOKEN_URL = "https://slice.test/oauth/token"
+
+
 REDIRECT_URI = "https://app.test/slice/callback/"
 STATE = "S" * 20 + "tate-value-for-the-oauth-tests"
 CODE = "CODE-CANARY-0123456789"
@@ -523,7 +527,7 @@ def test_5xx_after_a_connect_failure_is_not_retried_again(
 def test_tls_failure_is_logged_as_security_event(
     slice_http: responses.RequestsMock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    slice_http.post(TOKEN_URL, body=requests.exceptions.SSLError("certificate verify failed"))
+    slice_http.post(TOKEN_URL, body=certificate_error())
     with pytest.raises(TransientError):
         exchange()
     assert any(

@@ -39,9 +39,13 @@ from slice_connect.exceptions import (
 )
 from slice_connect.models import SliceCredential
 
+from .conftest import certificate_error
+
 pytestmark = pytest.mark.django_db
 
 TOKEN_URL = "https://slice.test/oauth/token"
+
+
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret"
 T0 = datetime(2031, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
@@ -820,7 +824,7 @@ def reset_after_send() -> requests.ConnectionError:
             requests.ConnectTimeout("connect timed out"), TransientError, 1, id="connect-timeout"
         ),
         pytest.param(refused(), TransientError, 1, id="connection-refused"),
-        pytest.param(requests.exceptions.SSLError("bad certificate"), TransientError, 1, id="tls"),
+        pytest.param(certificate_error(), TransientError, 1, id="tls"),
         pytest.param(requests.ReadTimeout("read timed out"), ResponseLost, 2, id="read-timeout"),
         pytest.param(reset_after_send(), ResponseLost, 2, id="reset-after-send"),
     ],
@@ -861,7 +865,7 @@ def test_tls_failure_is_logged_as_security_event(
     slice_mock: responses.RequestsMock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    slice_mock.add(responses.POST, TOKEN_URL, body=requests.exceptions.SSLError("bad cert"))
+    slice_mock.add(responses.POST, TOKEN_URL, body=certificate_error())
     with pytest.raises(TransientError):
         services.renew(canary_credential)
     assert any(
