@@ -57,11 +57,14 @@ class TokenEndpoint:
         self.on_refresh: dict[str, Callable[[], None]] = {}
         self.seen: list[str] = []
         self.counter = 0
+        self.limit = 1000  # a runaway loop fails the test instead of hanging it
 
     def __call__(self, request: Any) -> tuple[int, dict[str, str], str]:
         body = request.body.decode() if isinstance(request.body, bytes) else str(request.body)
         token = parse_qs(body)["refresh_token"][0]
         self.seen.append(token)
+        if len(self.seen) > self.limit:
+            raise RuntimeError("too many refresh requests")
         if token in self.on_refresh:
             self.on_refresh[token]()
         if token in self.failing:
@@ -266,3 +269,25 @@ def test_no_progress_lines_by_default_for_a_small_run(
         due(make_user, make_credential, days)
     output = run()
     assert output.stdout == "renewed: 3, failed: 0, skipped: 0\n"
+
+
+@pytest.mark.parametrize("selector", [("--all",), ("--due",)])
+def test_each_credential_is_renewed_once_across_batches(
+    selector: tuple[str, ...],
+    make_user: Callable[..., Any],
+    make_credential: MakeCredential,
+    endpoint: TokenEndpoint,
+    settings: Any,
+) -> None:
+    # A renewal moves the refresh deadline past the keyset cursor; the walk must not meet
+    # the renewed credential again (with --all it used to loop for ever).
+    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "RENEW_BATCH_SIZE": 2}
+    # A renewed deadline 6 days out lies past the cursor and, under --due, is still due
+    # (Slice issuing refresh tokens shorter-lived than RENEW_WITHIN would do that).
+    settings.SLICE_CONNECT["REFRESH_TOKEN_LIFETIME"] = timedelta(days=6)
+    credentials = [due(make_user, make_credential, days) for days in (1, 2, 3, 4, 5)]
+    endpoint.limit = 10
+    assert run(*selector).summary() == (5, 0, 0)
+    assert sorted(endpoint.seen) == sorted(c.refresh_token for c in credentials)
+    for credential in credentials:
+        assert SliceCredential.objects.get(pk=credential.pk).version == credential.version + 1
