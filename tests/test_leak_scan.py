@@ -55,6 +55,7 @@ from typing import Any
 from unittest import mock
 from urllib.parse import parse_qs, quote, quote_plus, unquote, unquote_plus, urlencode, urlsplit
 
+import django
 import pytest
 import requests
 import responses
@@ -690,7 +691,10 @@ def test_canary_leak_scan(
     codes = [canary(CODE) for _ in range(5)]
     states: list[str] = []
     settings.DEBUG = False
-    settings.ADMINS = [("Ops", "ops@example.com")]
+    # Django 6.0 takes plain addresses and deprecates (name, address) pairs; 5.2 needs pairs.
+    settings.ADMINS = (
+        ["ops@example.com"] if django.VERSION >= (6, 0) else [("Ops", "ops@example.com")]
+    )
     settings.SLICE_CONNECT = {
         "CLIENT_ID": "leak-scan-client",
         "CLIENT_SECRET": secret,
