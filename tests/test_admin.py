@@ -20,23 +20,17 @@ from django.utils import timezone
 from slice_connect import signals
 from slice_connect.models import SliceCredential
 
+from .raw import TABLE, raw_tokens
+
 pytestmark = pytest.mark.django_db
 
 TOKEN_URL = "https://slice.test/oauth/token"
 REVOKE_URL = "https://slice.test/oauth/revoke"
-TABLE = SliceCredential._meta.db_table
 CHANGELIST = "admin:slice_connect_slicecredential_changelist"
 
 
 def canary(kind: str) -> str:
     return f"{kind}-CANARY-{secrets.token_hex(10)}"
-
-
-def raw_tokens(pk: int) -> tuple[bytes, bytes]:
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT access_token, refresh_token FROM {TABLE} WHERE id = %s", [pk])
-        row = cursor.fetchone()
-    return bytes(row[0]), bytes(row[1])
 
 
 def corrupt(pk: int) -> None:

@@ -8,7 +8,6 @@ request at all would be recorded (and fail).
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -19,7 +18,7 @@ import pytest
 import responses
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Value
 from django.test import override_settings
 from django.urls import reverse
@@ -31,35 +30,13 @@ from slice_connect.exceptions import CredentialUnreadable, NeedsReauth
 from slice_connect.fields import UNREADABLE, UnreadableToken
 from slice_connect.models import TOKEN_FIELDS, SliceCredential
 
+from .raw import flip_bit, raw_tokens
+from .raw import write_raw_tokens as write_raw
+
 pytestmark = pytest.mark.django_db
 
-TABLE = SliceCredential._meta.db_table
 Status = SliceCredential.Status
 Reason = SliceCredential.Reason
-
-
-def raw_tokens(pk: int) -> tuple[bytes, bytes]:
-    """The stored bytes of both token columns, read past the ORM."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT access_token, refresh_token FROM {TABLE} WHERE id = %s", [pk])
-        row = cursor.fetchone()
-    assert row is not None
-    return bytes(row[0]), bytes(row[1])
-
-
-def write_raw(pk: int, access: bytes, refresh: bytes) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {TABLE} SET access_token = %s, refresh_token = %s WHERE id = %s",
-            [access, refresh, pk],
-        )
-
-
-def flip_bit(token: bytes) -> bytes:
-    """Flip one bit inside the ciphertext, keeping the token well-formed base64."""
-    data = bytearray(base64.urlsafe_b64decode(token))
-    data[len(data) // 2] ^= 0x01
-    return base64.urlsafe_b64encode(bytes(data))
 
 
 CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {

@@ -16,18 +16,9 @@ from fernet_fields import hkdf
 from slice_connect.fields import UNREADABLE, EncryptedTokenField, UnreadableToken, current_fernet
 from slice_connect.models import TOKEN_FIELDS, SliceCredential
 
+from .raw import TABLE, raw_tokens
+
 pytestmark = pytest.mark.django_db
-
-TABLE = SliceCredential._meta.db_table
-
-
-def raw_tokens(pk: int) -> tuple[bytes, bytes]:
-    """The stored bytes of both token columns, read past the ORM."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT access_token, refresh_token FROM {TABLE} WHERE id = %s", [pk])
-        row = cursor.fetchone()
-    assert row is not None
-    return bytes(row[0]), bytes(row[1])
 
 
 def write_raw(pk: int, column: str, value: bytes) -> None:

@@ -7,7 +7,6 @@ PostgreSQL; a 300-row version runs everywhere.
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 import secrets
@@ -32,10 +31,12 @@ from slice_connect.fields import EncryptedTokenField
 from slice_connect.management.commands import slice_connect_rotate_keys as rotate_keys
 from slice_connect.models import TOKEN_FIELDS, SliceCredential
 
+from .raw import TABLE, flip_bit
+from .raw import write_raw_tokens as write_raw
+
 pytestmark = pytest.mark.django_db
 
 K1, K2, K3 = "rotation-key-one", "rotation-key-two", "rotation-key-three"
-TABLE = SliceCredential._meta.db_table
 COMMAND = "slice_connect_rotate_keys"
 Command = rotate_keys.Command
 Raw = tuple[bytes, bytes]
@@ -53,21 +54,6 @@ def raw_rows() -> dict[int, Raw]:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT id, access_token, refresh_token FROM {TABLE} ORDER BY id")
         return {pk: (bytes(a), bytes(r)) for pk, a, r in cursor.fetchall()}
-
-
-def write_raw(pk: int, access: bytes, refresh: bytes) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {TABLE} SET access_token = %s, refresh_token = %s WHERE id = %s",
-            [access, refresh, pk],
-        )
-
-
-def flip_bit(token: bytes) -> bytes:
-    """Flip one bit inside the ciphertext, keeping the token well-formed base64."""
-    data = bytearray(base64.urlsafe_b64decode(token))
-    data[len(data) // 2] ^= 0x01
-    return base64.urlsafe_b64encode(bytes(data))
 
 
 def seed(count: int, *, key: str = K1) -> dict[int, tuple[str, str]]:
