@@ -30,11 +30,12 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from example_project.celery import app
 
-from .workers import ROOT, CeleryWorker
+from .workers import CeleryWorker
 
 __all__ = ["DrillWorker", "app"]
 
@@ -105,39 +106,12 @@ if KILL_AT:
     _install_in_main_process()
 
 
+@dataclass
 class DrillWorker(CeleryWorker):
     """A real prefork worker running this module's app (``-A tests.crash_worker``)."""
 
-    def start(self) -> None:
-        import subprocess
-
-        assert self.process is None, "already started"
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.crash_worker",
-            "worker",
-            "--pool=prefork",
-            f"--concurrency={self.concurrency}",
-            "--loglevel=INFO",
-            "--hostname",
-            f"slice-connect-drill-{os.getpid()}-{time.monotonic_ns()}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a "worker" kill takes it all
-        )
+    app_module: str = "tests.crash_worker"
+    node_prefix: str = "slice-connect-drill"
 
     def exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None

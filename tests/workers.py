@@ -231,16 +231,19 @@ class CeleryWorker:
     concurrency: int = 2
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+    #: The module holding the Celery app (``celery -A``) and the node name's prefix.
+    app_module: str = "example_project.celery"
+    node_prefix: str = "slice-connect-test"
 
     def start(self) -> None:
         assert self.process is None, "already started"
-        nodename = f"slice-connect-test-{os.getpid()}-{time.monotonic_ns()}@%h"
+        nodename = f"{self.node_prefix}-{os.getpid()}-{time.monotonic_ns()}@%h"
         command = [
             sys.executable,
             "-m",
             "celery",
             "-A",
-            "example_project.celery",
+            self.app_module,
             "worker",
             "--pool=prefork",
             f"--concurrency={self.concurrency}",
@@ -259,7 +262,7 @@ class CeleryWorker:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the pool children die with it
+            start_new_session=True,  # its own process group: killing it takes the pool too
         )
 
     def log(self) -> str:
