@@ -9,27 +9,21 @@ database (emptied before and after) and inspected raw before the worker is start
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 from django.utils import timezone
 
-from example_project.celery import app
 from example_project.slice_sandbox.models import TokenRequest
 from slice_connect import tasks
 from slice_connect.models import SliceCredential
 
 from .conftest import REDIS_URL, SliceServer
+from .redis_queue import Broker, own_queue
 from .workers import CeleryWorker, link_all, subprocess_env, wait_until
 
 pytestmark = [
@@ -45,58 +39,10 @@ WAIT_SECONDS = 45.0
 RENEWAL_KNOBS = {"RENEW_RATE_LIMIT": 50, "RENEW_SPREAD": 1}
 
 
-@dataclass
-class Broker:
-    """This test's queue in the tests' Redis database.
-
-    Parallel test runs (tox environments, developers) share that database, so each test
-    has a queue of its own and clears only its own keys, never the whole database.
-    """
-
-    client: redis.Redis
-    queue: str
-
-    def publish(self, task_name: str, *args: int, **options: Any) -> None:
-        """Send one task message to this queue, over a connection of its own.
-
-        Not through the app's producer pool: a pooled connection remembers the queues it
-        declared and would not declare them again once their keys have been deleted.
-        """
-        with app.connection_for_write() as connection:
-            app.tasks[task_name].apply_async(
-                args, connection=connection, queue=self.queue, **options
-            )
-
-    def messages(self) -> list[dict[str, Any]]:
-        """The raw messages waiting in the queue, oldest first, with their decoded body."""
-        found = []
-        for raw in reversed(self.client.lrange(self.queue, 0, -1)):  # LPUSH in, BRPOP out
-            message = json.loads(raw)
-            assert message["properties"]["body_encoding"] == "base64"
-            body = json.loads(base64.b64decode(message["body"]))
-            found.append({"raw": raw, "message": message, "body": body})
-        return found
-
-    def clear(self) -> None:
-        """Delete the queue and its exchange binding (kombu keys named after the queue)."""
-        keys = list(self.client.scan_iter(match=f"*{self.queue}*"))
-        if keys:
-            self.client.delete(*keys)
-
-
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    """A fresh queue of this test's own on the tests' Redis; emptied before and after."""
-    assert app.conf.broker_url == REDIS_URL, (app.conf.broker_url, REDIS_URL)
-    assert not app.conf.task_always_eager
-    client = redis.Redis.from_url(REDIS_URL)
-    broker = Broker(client, queue=f"slice-connect-test-{os.getpid()}-{secrets.token_hex(4)}")
-    broker.clear()
-    try:
+    with own_queue("slice-connect-test") as broker:
         yield broker
-    finally:
-        broker.clear()
-        client.close()
 
 
 @pytest.fixture

@@ -27,9 +27,6 @@ Run with ``-s`` to see one ``CRASH`` line per drill.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,7 +36,6 @@ from typing import Any
 from unittest import mock
 
 import pytest
-import redis
 import requests
 import time_machine
 from django.utils import timezone
@@ -52,6 +48,7 @@ from slice_connect.models import SliceCredential
 
 from .conftest import REDIS_URL, SliceServer
 from .crash_worker import DrillWorker
+from .redis_queue import Broker, own_queue
 from .workers import link_all, subprocess_env, wait_until
 
 pytestmark = [
@@ -69,53 +66,10 @@ Reason = SliceCredential.Reason
 # -- broker, sandbox, worker -------------------------------------------------------------
 
 
-@dataclass
-class Broker:
-    """This test's queue in the tests' Redis database (shared with parallel runs)."""
-
-    client: redis.Redis
-    queue: str
-
-    def publish(self, credential_id: int, task_id: str) -> None:
-        with app.connection_for_write() as connection:
-            tasks.renew_credential.apply_async(
-                (credential_id,), connection=connection, queue=self.queue, task_id=task_id
-            )
-
-    def queued(self) -> int:
-        return int(self.client.llen(self.queue))
-
-    def unacked(self) -> list[str]:
-        """Task ids of this queue's delivered-but-unacked messages (kombu's ``unacked``)."""
-        found = []
-        for raw in self.client.hvals("unacked"):
-            if self.queue.encode() in raw:
-                message = json.loads(raw)[0]
-                found.append(message["headers"]["id"])
-        return found
-
-    def clear(self) -> None:
-        keys = list(self.client.scan_iter(match=f"*{self.queue}*"))
-        if keys:
-            self.client.delete(*keys)
-        # A killed worker leaves its message in the unacked hash: drop ours, only ours.
-        for tag, raw in self.client.hgetall("unacked").items():
-            if self.queue.encode() in raw:
-                self.client.hdel("unacked", tag)
-                self.client.zrem("unacked_index", tag)
-
-
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    assert app.conf.broker_url == REDIS_URL
-    client = redis.Redis.from_url(REDIS_URL)
-    broker = Broker(client, queue=f"slice-connect-drill-{os.getpid()}-{secrets.token_hex(4)}")
-    broker.clear()
-    try:
+    with own_queue("slice-connect-drill") as broker:
         yield broker
-    finally:
-        broker.clear()
-        client.close()
 
 
 @pytest.fixture
@@ -232,7 +186,7 @@ def test_a_killed_before_the_post_costs_nothing(
     broker: Broker, drill: Callable[[], Drill], start_worker: Callable[..., DrillWorker]
 ) -> None:
     d = drill()
-    broker.publish(d.credential.pk, task_id=str(uuid.uuid4()))
+    broker.publish(RENEW_ONE, d.credential.pk, task_id=str(uuid.uuid4()))
     worker = start_worker("before_post", "process")
 
     wait_for_result(worker, "'renewed'")
@@ -252,7 +206,7 @@ def test_b_killed_after_the_post_loses_the_link_as_a_counted_lost_rotation(
 ) -> None:
     d = drill()
     task_id = str(uuid.uuid4())
-    broker.publish(d.credential.pk, task_id=task_id)
+    broker.publish(RENEW_ONE, d.credential.pk, task_id=task_id)
     worker = start_worker("after_post", "worker")
 
     wait_until(worker.exited, timeout=WAIT_SECONDS, what="the worker to be killed")
@@ -292,7 +246,7 @@ def test_b_pool_process_killed_after_the_post_redelivered_at_once(
     set, so the refresh token may already have been spent.
     """
     d = drill()
-    broker.publish(d.credential.pk, task_id=str(uuid.uuid4()))
+    broker.publish(RENEW_ONE, d.credential.pk, task_id=str(uuid.uuid4()))
     worker = start_worker("after_post", "process")
 
     wait_for_result(worker, "'needs_reauth'")
@@ -316,7 +270,7 @@ def test_b_grace_window_killed_after_the_post_loses_nothing(
     settings.SLICE_SANDBOX = {}
     settings.OAUTH2_PROVIDER = oauth2_provider_settings(GRACE_SECONDS=30)
     d = drill()
-    broker.publish(d.credential.pk, task_id=str(uuid.uuid4()))
+    broker.publish(RENEW_ONE, d.credential.pk, task_id=str(uuid.uuid4()))
     worker = start_worker("after_post", "process")
 
     wait_for_result(worker, "'renewed'")
@@ -335,7 +289,7 @@ def test_c_killed_after_commit_before_ack_is_redelivered_and_skipped(
     broker: Broker, drill: Callable[[], Drill], start_worker: Callable[..., DrillWorker]
 ) -> None:
     d = drill()
-    broker.publish(d.credential.pk, task_id=str(uuid.uuid4()))
+    broker.publish(RENEW_ONE, d.credential.pk, task_id=str(uuid.uuid4()))
     worker = start_worker("after_commit", "process")
 
     wait_for_result(worker, "'skipped'")
@@ -357,7 +311,7 @@ def test_d_killed_after_ack_is_not_redelivered(
     broker: Broker, drill: Callable[[], Drill], start_worker: Callable[..., DrillWorker]
 ) -> None:
     d = drill()
-    broker.publish(d.credential.pk, task_id=str(uuid.uuid4()))
+    broker.publish(RENEW_ONE, d.credential.pk, task_id=str(uuid.uuid4()))
     worker = start_worker("after_ack", "worker")
 
     wait_until(worker.exited, timeout=WAIT_SECONDS, what="the worker to be killed")
