@@ -75,6 +75,28 @@ def redirect_uri_for(request: HttpRequest) -> str:
     )
 
 
+@sensitive_variables("state")
+def start_authorization(request: HttpRequest, next_url: str | None = None) -> str:
+    """Start an authorization attempt for ``request.user``; return Slice's authorization URL.
+
+    Creates a single-use state, remembers it in the session (with the redirect URI, PKCE
+    and ``next_url`` if :func:`safe_next` accepts it, else nothing) and builds the URL the
+    browser must open. The authorize view and the JSON endpoint both start here, so the
+    callback treats their attempts alike.
+    """
+    state = states.new_state()
+    attempt = states.remember(
+        request,
+        state,
+        redirect_uri=redirect_uri_for(request),
+        use_pkce=app_settings.USE_PKCE,
+        next_url=safe_next(request, next_url),
+    )
+    return oauth.authorization_url(
+        state=state, redirect_uri=attempt.redirect_uri, use_pkce=attempt.use_pkce
+    )
+
+
 class AuthorizeView(LoginRequiredMixin, View):
     """Start linking: GET shows a confirmation page, POST sends the user to Slice.
 
@@ -93,19 +115,9 @@ class AuthorizeView(LoginRequiredMixin, View):
         }
         return render(request, self.template_name, context)
 
-    @method_decorator(sensitive_variables("state"))
+    @method_decorator(sensitive_variables("url"))  # it carries the state
     def post(self, request: HttpRequest) -> HttpResponse:
-        state = states.new_state()
-        attempt = states.remember(
-            request,
-            state,
-            redirect_uri=redirect_uri_for(request),
-            use_pkce=app_settings.USE_PKCE,
-            next_url=safe_next(request, request.POST.get("next") or request.GET.get("next")),
-        )
-        url = oauth.authorization_url(
-            state=state, redirect_uri=attempt.redirect_uri, use_pkce=attempt.use_pkce
-        )
+        url = start_authorization(request, request.POST.get("next") or request.GET.get("next"))
         response = HttpResponseRedirect(url)
         response["Cache-Control"] = "no-store"
         response["Referrer-Policy"] = "no-referrer"
