@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import hypothesis  # noqa: F401  (import before any test: a late import crashed CPython 3.11.7 AST)
+import hypothesis  # imported before any test: a late import crashed CPython 3.11.7 AST
 import pytest
 import requests
 from django.contrib.auth import get_user_model
@@ -27,6 +27,12 @@ from urllib3.exceptions import MaxRetryError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from slice_connect.models import SliceCredential
+from tests import profiles
+
+# Quick by default, long with SLICE_CONNECT_TEST_PROFILE=long (tests/profiles.py).
+hypothesis.settings.register_profile("ci", max_examples=1000)
+hypothesis.settings.register_profile("dev", max_examples=200)
+hypothesis.settings.load_profile(profiles.HYPOTHESIS_PROFILE)
 
 REDIS_URL = os.environ.get("SLICE_CONNECT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 CHROMIUM = os.environ.get("SLICE_CONNECT_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -51,6 +57,13 @@ def _redis_reachable() -> bool:
             return True
     except OSError:
         return False
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return (
+        f"slice_connect test profile: {profiles.PROFILE} "
+        f"(SLICE_CONNECT_TEST_PROFILE), hypothesis profile: {profiles.HYPOTHESIS_PROFILE}"
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

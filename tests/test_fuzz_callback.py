@@ -23,14 +23,14 @@ created or changed only then (the count, and the ciphertext bytes of another use
 credential); the expected states consumed; ``no-store`` and ``no-referrer`` on every answer;
 no code or state in a Location.
 
-Profiles: ``ci`` (1,000 examples per test) and ``dev`` (200), chosen by
-``HYPOTHESIS_PROFILE`` (tox passes it through); ``ci`` when unset.
+Profiles: ``ci`` (1,000 examples per test) and ``dev`` (200), registered in
+``tests/conftest.py``: ``dev`` by default, ``ci`` with ``SLICE_CONNECT_TEST_PROFILE=long``
+(as ``.ci/run`` runs it) or when ``HYPOTHESIS_PROFILE`` names it (tox passes both through).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 import unicodedata
@@ -53,10 +53,6 @@ from hypothesis import strategies as st
 from slice_connect import states, views
 from slice_connect.conf import app_settings
 from slice_connect.models import SliceCredential
-
-settings.register_profile("ci", max_examples=1000)
-settings.register_profile("dev", max_examples=200)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 pytestmark = pytest.mark.django_db
 
@@ -302,6 +298,7 @@ class Expected:
     consumes: str | None  # the hash of the pending state the view must pop
     valid: bool
     call: bool
+    denied: bool = False  # a valid "Deny" from Slice: a normal page, not a 4xx
 
 
 def pending(session: SessionStore) -> list[str]:
@@ -393,6 +390,10 @@ class World:
             assert response.status_code == 302, response.status_code
             assert response["Location"] == (views.safe_next(request, case.next_url) or "/")
             assert (after_count, linked) == (before_count + 1, True)
+        elif expected.denied:
+            # The user's own "Deny" at Slice ends on a normal page.
+            assert response.status_code == 200, response.status_code
+            assert (after_count, linked) == (before_count, False)
         else:
             assert 400 <= response.status_code < 500, response.status_code
             assert (after_count, linked) == (before_count, False)
@@ -420,17 +421,21 @@ class World:
         issuers = params.getlist("iss")
         code_values = params.getlist("code")
         code = code_values[0] if len(code_values) == 1 else None
-        call = (
+        accepted = (
             valid
             and issuers in ([], [ISSUER])
             and not any(len(params.getlist(name)) > 1 for name in SINGLE_VALUED)
+        )
+        denied = accepted and "code" not in params and params.get("error") == "access_denied"
+        call = (
+            accepted
             and code is not None
             and 0 < len(code) <= views.MAX_CODE_LENGTH
             and code.isascii()
             and code.isprintable()
             and "error" not in params
         )
-        return Expected(consumes, valid, call)
+        return Expected(consumes, valid, call, denied)
 
     def check(
         self,

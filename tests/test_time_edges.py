@@ -50,6 +50,7 @@ from slice_connect.models import SliceCredential
 
 from .conftest import SliceServer
 from .flow import consent, start_link
+from .profiles import pick
 
 TOKEN_URL = "https://slice.test/oauth/token"
 API_URL = "https://slice.test/api/v1/users/self"
@@ -512,7 +513,8 @@ def test_strict_as_state_machine() -> None:
     run_state_machine_as_test(
         StrictASMachine,
         settings=settings(
-            max_examples=100,
+            # 100 runs under the long profile (tests/profiles.py), 30 by default.
+            max_examples=pick(30, 100),
             stateful_step_count=20,
             deadline=None,
             derandomize=True,
