@@ -44,6 +44,35 @@ def _send_on_commit(signal: Any, **kwargs: Any) -> None:
     transaction.on_commit(lambda: signal.send(sender=SliceCredential, **kwargs))
 
 
+# -- link state ------------------------------------------------------------------------
+
+
+def credential_of(user: Any) -> SliceCredential | None:
+    """Return ``user``'s credential (tokens not loaded), or ``None`` when there is none.
+
+    ``None`` too for an anonymous user. Shares its cache with ``user.slice_credential``, so
+    asking again for the same user object (in a template, then in a view) costs no query.
+    """
+    if user is None or not getattr(user, "is_authenticated", False) or user.pk is None:
+        return None
+    related = SliceCredential._meta.get_field("user").remote_field
+    if related.is_cached(user):
+        return related.get_cached_value(user)  # type: ignore[no-any-return]
+    credential = SliceCredential.objects.without_tokens().filter(user=user).first()
+    related.set_cached_value(user, credential)
+    return credential
+
+
+def is_linked(user: Any) -> bool:
+    """Whether ``user`` has a working Slice link (a credential with status ``active``).
+
+    ``False`` for anonymous users, users who never linked and links that need
+    re-authorization; :func:`credential_of` tells the last two apart.
+    """
+    credential = credential_of(user)
+    return credential is not None and credential.is_active
+
+
 # -- link / unlink ---------------------------------------------------------------------
 
 
