@@ -75,7 +75,7 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-FERNET_KEYS = ["slice-connect-benchmark-key-1"]
+FERNET_KEYS = ["slice-connect-benchmark-key-1-not-a-real-secret"]
 
 SERVER = os.environ.get("SLICE_BENCH_SERVER", "http://127.0.0.1:9")
 SLICE_CONNECT = {

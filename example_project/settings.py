@@ -131,10 +131,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # -- slice_connect and its Slice sandbox -------------------------------------------------
 
+DEMO_FERNET_KEY = "example-project-demo-fernet-key-not-secret"
 FERNET_KEYS = [
-    key.strip()
-    for key in os.environ.get("FERNET_KEYS", "example-project-demo-fernet-key").split(",")
-    if key.strip()
+    key.strip() for key in os.environ.get("FERNET_KEYS", DEMO_FERNET_KEY).split(",") if key.strip()
 ]
 
 DEMO_URL = f"http://{DEMO_HOST}:{DEMO_PORT}"

@@ -74,7 +74,7 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-FERNET_KEYS = ["slice-connect-test-key-1"]
+FERNET_KEYS = ["slice-connect-test-key-1-not-a-real-secret"]
 
 # Points at the sandbox; tests that use a live server override the URLs with its address.
 SLICE_CONNECT = {

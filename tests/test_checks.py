@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from django.core import checks
 from django.core.checks import CheckMessage, run_checks
 
@@ -54,16 +56,26 @@ def e004(error: str) -> CheckMessage:
     )
 
 
-def ours() -> list[CheckMessage]:
-    """Our messages, by id (Django runs check functions in no fixed order; sort is stable)."""
+KEY = "a-dedicated-fernet-key-of-32-chars"
+assert len(KEY) >= 32
+
+
+def ours(*, sqlite: bool = False) -> list[CheckMessage]:
+    """Our messages, by id (Django runs check functions in no fixed order; sort is stable).
+
+    The SQLite warning (W004) applies to the suite's own in-memory database; it is left out
+    unless asked for.
+    """
     found = [m for m in run_checks() if str(m.id).startswith("slice_connect.")]
+    if not sqlite:
+        found = [m for m in found if m.id != "slice_connect.W004"]
     return sorted(found, key=lambda m: str(m.id))
 
 
 @pytest.fixture
 def good(settings: Any) -> Any:
     settings.DEBUG = False
-    settings.FERNET_KEYS = ["a-dedicated-key"]
+    settings.FERNET_KEYS = [KEY]
     settings.SLICE_CONNECT = dict(GOOD)
     return settings
 
@@ -200,21 +212,335 @@ def test_several_problems_are_all_reported(good: Any) -> None:
 
 
 def test_messages_are_short_and_have_hints() -> None:
-    templates = [
-        (sc_checks.E001_MSG, sc_checks.E001_HINT),
-        (sc_checks.E002_MSG.format(key="API_BASE_URL"), sc_checks.E002_HINT),
-        (sc_checks.E003_MSG, sc_checks.E003_HINT),
-        (sc_checks.W001_MSG, sc_checks.W001_HINT),
-    ]
-    for msg, hint in templates:
+    filled = {"key": "API_BASE_URL", "index": 10, "type": "str", "budget": 26.1}
+    filled.update(alias="default", lifetime=3600)
+    names = [name for name in dir(sc_checks) if name.endswith("_MSG")]
+    assert len(names) >= 16
+    for name in names:
+        msg = getattr(sc_checks, name).format(**filled)
+        hint = getattr(sc_checks, name.replace("_ENTRY", "").replace("_MSG", "_HINT"))
         assert len(msg) < 80, msg
-        assert hint and "\n" not in hint
+        if name in ("E004_MSG", "E011_MSG"):  # the only hints with a placeholder
+            hint = hint.format(error="", lifetime=3600)
+        assert hint and "\n" not in hint and len(hint) <= 80, hint
 
 
 def test_checks_are_tagged_security(good: Any) -> None:
     del good.FERNET_KEYS
     tagged = [
-        m for m in run_checks(tags=[checks.Tags.security]) if m.id.startswith("slice_connect.")
+        m
+        for m in run_checks(tags=[checks.Tags.security])
+        if m.id.startswith("slice_connect.") and m.id != "slice_connect.W004"
     ]
     assert tagged == [E003]
     assert [m for m in run_checks(tags=["models"]) if m.id.startswith("slice_connect.")] == []
+
+
+# -- FERNET_KEYS: every entry a real secret of its own (E005-E008) -------------------------
+
+
+def error(code: str, msg: str, hint: str) -> CheckMessage:
+    return checks.Error(msg, hint=hint, id=f"slice_connect.{code}")
+
+
+def e005(index: int | None = None, type_name: str = "str") -> CheckMessage:
+    msg = (
+        sc_checks.E005_MSG.format(type=type_name)
+        if index is None
+        else sc_checks.E005_ENTRY_MSG.format(index=index)
+    )
+    return error("E005", msg, sc_checks.E005_HINT)
+
+
+def e006(index: int) -> CheckMessage:
+    return error("E006", sc_checks.E006_MSG.format(index=index), sc_checks.E006_HINT)
+
+
+def e007(index: int) -> CheckMessage:
+    return error("E007", sc_checks.E007_MSG.format(index=index), sc_checks.E007_HINT)
+
+
+def e008(index: int, *, hkdf: bool = True) -> CheckMessage:
+    if hkdf:
+        return error("E008", sc_checks.E008_MSG.format(index=index), sc_checks.E008_HINT)
+    return error("E008", sc_checks.E008_RAW_MSG.format(index=index), sc_checks.E008_RAW_HINT)
+
+
+def test_fernet_keys_as_a_plain_string_is_an_error(good: Any) -> None:
+    """A string would silently become one key per character."""
+    good.FERNET_KEYS = KEY
+    assert ours() == [e005()]
+    assert sc_checks.E005_MSG.format(type="str") == (
+        "FERNET_KEYS must be a list or tuple of strings, not str."
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "type_name"), [({KEY}, "set"), (KEY.encode(), "bytes"), ({"k": KEY}, "dict")]
+)
+def test_fernet_keys_of_another_type_is_an_error(good: Any, value: Any, type_name: str) -> None:
+    good.FERNET_KEYS = value
+    assert ours() == [e005(type_name=type_name)]
+
+
+def test_tuple_of_keys_is_fine(good: Any) -> None:
+    good.FERNET_KEYS = (KEY, KEY + "-older")
+    assert ours() == []
+
+
+@pytest.mark.parametrize("entry", ["", "   ", None, "\t\n"], ids=repr)
+def test_blank_entry_is_an_error(good: Any, entry: Any) -> None:
+    good.FERNET_KEYS = [KEY, entry]
+    assert ours() == [e006(1)]
+
+
+@pytest.mark.parametrize("entry", [KEY.encode(), 12345678901234567890123456789012345], ids=repr)
+def test_entry_that_is_not_a_string_is_an_error(good: Any, entry: Any) -> None:
+    good.FERNET_KEYS = [entry, KEY]
+    assert ours() == [e005(0)]
+
+
+def test_entry_equal_to_secret_key_is_an_error(good: Any) -> None:
+    good.SECRET_KEY = "x" * 50
+    good.FERNET_KEYS = [KEY, "x" * 50]
+    assert ours() == [e007(1)]
+
+
+def test_entry_equal_to_a_secret_key_fallback_is_an_error(good: Any) -> None:
+    good.SECRET_KEY_FALLBACKS = ["an-old-secret-key-that-is-long-enough-1", "y" * 40]
+    good.FERNET_KEYS = ["y" * 40]
+    assert ours() == [e007(0)]
+
+
+@pytest.mark.parametrize(("length", "ok"), [(31, False), (32, True), (8, False), (64, True)])
+def test_entries_under_32_characters_are_too_short(good: Any, length: int, ok: bool) -> None:
+    good.FERNET_KEYS = [KEY, "k" * length]
+    assert ours() == ([] if ok else [e008(1)])
+
+
+def test_without_hkdf_each_entry_must_be_a_fernet_key(good: Any) -> None:
+    good.FERNET_USE_HKDF = False
+    fernet_key = Fernet.generate_key().decode()
+    good.FERNET_KEYS = [fernet_key, KEY + KEY, fernet_key[:-2]]
+    assert ours() == [e008(1, hkdf=False), e008(2, hkdf=False)]
+
+
+def test_every_key_problem_is_reported_and_no_key_is_shown(good: Any) -> None:
+    good.SECRET_KEY = "s" * 50
+    secret_key_copy, short = "s" * 50, "short-key-value"
+    good.FERNET_KEYS = ["", short, secret_key_copy, None, KEY, b"bytes-key"]
+    found = ours()
+    assert found == [e005(5), e006(0), e006(3), e007(2), e008(1)]
+    text = repr(found)
+    assert short not in text and secret_key_copy not in text and KEY not in text
+
+
+# -- timing and values (E009-E013) ------------------------------------------------------------
+
+
+def e009() -> CheckMessage:
+    return error("E009", sc_checks.E009_MSG, sc_checks.E009_HINT)
+
+
+def e010(budget: float) -> CheckMessage:
+    return error("E010", sc_checks.E010_MSG.format(budget=budget), sc_checks.E010_HINT)
+
+
+E011 = error("E011", sc_checks.E011_MSG, sc_checks.E011_HINT.format(lifetime=3600))
+E012 = error("E012", sc_checks.E012_MSG, sc_checks.E012_HINT)
+
+
+def e013(key: str) -> CheckMessage:
+    return error("E013", sc_checks.E013_MSG.format(key=key), sc_checks.E013_HINT)
+
+
+def configure(good: Any, **values: Any) -> None:
+    good.SLICE_CONNECT = {**GOOD, **values}
+
+
+@pytest.mark.parametrize("value", [0, 0.0, timedelta(0)], ids=repr)
+def test_lock_timeout_zero_waits_for_ever(good: Any, value: Any) -> None:
+    configure(good, LOCK_TIMEOUT=value)
+    assert ours() == [e009()]
+
+
+@pytest.mark.parametrize(
+    ("lock", "http", "problem"),
+    [
+        (26, (3.05, 10.0), e010(26.1)),  # the default HTTP budget is 2 x 13.05 s
+        (26.1, (3.05, 10.0), e010(26.1)),
+        (27, (3.05, 10.0), None),
+        (30, (5, 20), e010(50)),
+        (timedelta(minutes=1), (5, 20), None),
+        (10, 5, e010(20)),
+        (21, 5, None),
+    ],
+    ids=str,
+)
+def test_lock_timeout_must_outwait_a_renewal(
+    good: Any, lock: Any, http: Any, problem: CheckMessage | None
+) -> None:
+    configure(good, LOCK_TIMEOUT=lock, HTTP_TIMEOUT=http)
+    assert ours() == ([problem] if problem else [])
+
+
+def test_default_lock_timeout_passes(good: Any) -> None:
+    configure(good)
+    assert ours() == []
+
+
+@pytest.mark.parametrize(
+    ("leeway", "ok"),
+    [(3600, False), (timedelta(hours=2), False), (3599, True), (timedelta(minutes=5), True)],
+    ids=str,
+)
+def test_access_token_leeway_below_the_token_lifetime(good: Any, leeway: Any, ok: bool) -> None:
+    configure(good, ACCESS_TOKEN_LEEWAY=leeway)
+    assert ours() == ([] if ok else [E011])
+
+
+@pytest.mark.parametrize(
+    ("within", "lifetime", "ok"),
+    [
+        (14 * 86400, None, False),  # equal to the default lifetime
+        (timedelta(days=15), None, False),
+        (timedelta(minutes=10), timedelta(minutes=10), False),
+        (timedelta(minutes=5), timedelta(minutes=10), True),  # the demo's compressed clock
+        (timedelta(days=13), None, True),
+    ],
+    ids=str,
+)
+def test_renew_within_below_the_refresh_lifetime(
+    good: Any, within: Any, lifetime: Any, ok: bool
+) -> None:
+    extra = {"REFRESH_TOKEN_LIFETIME": lifetime} if lifetime is not None else {}
+    configure(good, RENEW_WITHIN=within, **extra)
+    assert ours() == ([] if ok else [E012])
+
+
+@pytest.mark.parametrize("key", ["CLIENT_SECRET", "CLIENT_ID"])
+@pytest.mark.parametrize("value", [" ", "\t", "  \n "], ids=repr)
+def test_blank_client_credentials(good: Any, key: str, value: str) -> None:
+    configure(good, **{key: value})
+    assert ours() == [e013(key)]
+
+
+def test_client_secret_never_appears_in_a_message(good: Any) -> None:
+    secret = "a-client-secret-with-a-typo"
+    configure(good, CLIENT_SECRET=secret, CLIENT_ID=" ", HTTP_TIMEOUT="10")
+    found = ours()
+    assert [m.id for m in found] == ["slice_connect.E004", "slice_connect.E013"]
+    assert secret not in repr(found)
+
+
+# -- every problem, not only the first -----------------------------------------------------
+
+
+def test_every_invalid_value_gets_its_own_e004(good: Any) -> None:
+    configure(good, HTTP_TIMEOUT="abc", STATE_TTL="600", BOGUS=1, MAX_PENDING_STATES="ten")
+    found = ours()
+    assert found == [
+        e004("Unknown key(s) in settings.SLICE_CONNECT: BOGUS."),
+        e004(
+            "SLICE_CONNECT['HTTP_TIMEOUT'] must be positive seconds or a (connect, read) "
+            "pair of them."
+        ),
+        e004("SLICE_CONNECT['STATE_TTL'] must be a number of seconds or a timedelta, not str."),
+        e004("SLICE_CONNECT['MAX_PENDING_STATES'] has a value of the wrong type."),
+    ]
+
+
+def test_everything_wrong_at_once_is_reported_at_once(good: Any) -> None:
+    good.FERNET_KEYS = "one-string-of-keys"
+    good.SLICE_CONNECT = {
+        "CLIENT_ID": "id",
+        "CLIENT_SECRET": "   ",
+        "TOKEN_URL": "http://slice.test/oauth/token",
+        "LOCK_TIMEOUT": 0,
+        "ACCESS_TOKEN_LEEWAY": 7200,
+        "RENEW_WITHIN": timedelta(days=20),
+        "STATE_TTL": -1,
+    }
+    found = ours()
+    assert [m.id.split(".")[1] for m in found] == [
+        "E002",
+        "E004",
+        "E005",
+        "E009",
+        "E011",
+        "E012",
+        "E013",
+        "W001",
+    ]
+    assert e002("TOKEN_URL") in found
+
+
+# -- SQLite's transaction mode (W004) --------------------------------------------------------
+
+
+def w004(alias: str) -> CheckMessage:
+    return checks.Warning(
+        sc_checks.W004_MSG.format(alias=alias), hint=sc_checks.W004_HINT, id="slice_connect.W004"
+    )
+
+
+@pytest.mark.parametrize(
+    ("databases", "expected"),
+    [
+        ({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}}, ["default"]),
+        (
+            {
+                "default": {
+                    "ENGINE": "django.db.backends.sqlite3",
+                    "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 60},
+                },
+                "other": {
+                    "ENGINE": "django.db.backends.sqlite3",
+                    "OPTIONS": {"transaction_mode": "DEFERRED"},
+                },
+            },
+            ["other"],
+        ),
+        ({"default": {"ENGINE": "django.db.backends.postgresql"}}, []),
+        (
+            {
+                "default": {
+                    "ENGINE": "django.db.backends.sqlite3",
+                    "OPTIONS": {"transaction_mode": "immediate"},
+                }
+            },
+            [],
+        ),
+    ],
+    ids=["no-options", "one-of-two", "postgres", "lower-case"],
+)
+def test_w004_sqlite_without_immediate_transactions(
+    good: Any, monkeypatch: pytest.MonkeyPatch, databases: dict[str, Any], expected: list[str]
+) -> None:
+    from django.conf import settings as django_settings
+
+    # Not override_settings: that would rebuild the test database's connections.
+    monkeypatch.setattr(django_settings, "DATABASES", databases)
+    assert ours(sqlite=True) == [w004(alias) for alias in expected]
+
+
+# -- which errors stop a process at start-up ------------------------------------------------
+
+
+def test_fatal_problems_are_the_client_and_key_errors(good: Any) -> None:
+    assert sc_checks.fatal_problems() == []
+    good.FERNET_KEYS = ["short", ""]
+    good.SLICE_CONNECT = {**GOOD, "CLIENT_ID": None, "LOCK_TIMEOUT": 0, "TOKEN_URL": "http://x"}
+    fatal = sc_checks.fatal_problems()
+    assert sorted(m.id for m in fatal) == [
+        "slice_connect.E001",
+        "slice_connect.E006",
+        "slice_connect.E008",
+    ]
+
+
+def test_unset_keys_are_fatal_only_outside_debug(good: Any) -> None:
+    del good.FERNET_KEYS
+    assert [m.id for m in sc_checks.fatal_problems()] == ["slice_connect.E003"]
+    good.DEBUG = True
+    assert sc_checks.fatal_problems() == []
