@@ -6,13 +6,16 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.models import DELETION, LogEntry
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import services
+from . import display, services
+from .conf import app_settings
 from .exceptions import SliceConnectError
 from .models import TOKEN_FIELDS, SliceCredential
 
@@ -48,17 +51,24 @@ class RefreshExpiryFilter(admin.SimpleListFilter):
 
 @admin.register(SliceCredential)
 class SliceCredentialAdmin(admin.ModelAdmin):
-    """Read-mostly view of credentials; changes go through slice_connect.services."""
+    """Read-only view of credentials; changes go through slice_connect.services.
 
+    The change page is view-only for everyone: saving it would write back a snapshot read
+    without the row lock over a renewal that committed meanwhile (rolling back the version,
+    the expiries and the renewal journal). The "change" permission still allows the
+    "Renew now" action, which goes through ``services.renew``. Every action leaves a
+    ``LogEntry`` naming the admin user, the credential, the action and its outcome.
+    """
+
+    # In words (labels, "in 3 days", causes), narrow enough for a 1280 px screen.
     list_display = (
         "user",
-        "status",
-        "status_reason",
-        "linked_at",
-        "access_token_expires_at",
-        "refresh_token_expires_at",
-        "last_renewed_at",
-        "failure_count",
+        display.link_status,
+        display.linked,
+        display.access_expiry,
+        display.refresh_expiry,
+        display.last_renewal,
+        display.failures,
     )
     list_filter = ("status", "status_reason", RefreshExpiryFilter)
     list_select_related = ("user",)
@@ -102,8 +112,70 @@ class SliceCredentialAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # No object may be saved from the change form (it is shown read-only, without a
+        # Save button, to anyone with the view or change permission, and a POST to it
+        # answers 403). Without an object this asks about the model: it keeps the "change"
+        # permission meaningful for the "Renew now" action.
+        if obj is not None:
+            return False
+        return super().has_change_permission(request)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        raise PermissionDenied("Slice credentials change only through slice_connect.services.")
+
+    def log_deletions(self, request: HttpRequest, queryset: Any) -> Any:
+        """Log each deletion (admin delete page, "Delete selected", "Unlink") with its outcome.
+
+        Called by Django before the rows go (``log_deletions`` exists since Django 5.1 and
+        replaces ``log_deletion``, which Django 6.0 removed).
+        """
+        credentials = list(queryset)
+        revocable = self._revocable({c.pk for c in credentials})
+        for credential in credentials:
+            if credential.pk in revocable:
+                outcome = _("revocation of its refresh token at Slice requested (best effort)")
+            elif not (app_settings.REVOKE_ON_UNLINK and app_settings.REVOKE_URL):
+                outcome = _("not revoked at Slice (revocation is turned off)")
+            else:
+                outcome = _("not revoked at Slice (its tokens cannot be decrypted)")
+            self._log_deletion(
+                request,
+                credential,
+                _("Unlinked %(user)s and deleted the credential; %(outcome)s.")
+                % {"user": credential.user, "outcome": outcome},
+            )
+        return None
+
+    @staticmethod
+    def _revocable(pks: set[Any]) -> set[Any]:
+        """Which of ``pks`` unlink will revoke at Slice (a readable refresh token).
+
+        Read on separate instances: the objects about to be deleted keep their tokens
+        deferred, so ``services.unlink`` reads the token that is live when the row goes.
+        """
+        if not (app_settings.REVOKE_ON_UNLINK and app_settings.REVOKE_URL) or not pks:
+            return set()
+        rows = SliceCredential.objects.filter(pk__in=pks).only("pk", "refresh_token")
+        return {row.pk for row in rows if isinstance(row.refresh_token, str) and row.refresh_token}
+
+    @staticmethod
+    def _log_deletion(request: HttpRequest, credential: SliceCredential, message: Any) -> None:
+        """One deletion ``LogEntry``: who (``request.user``), what, and the outcome.
+
+        Messages (here and in ``log_change``) are built from the user, error codes and
+        version numbers only: never a token.
+        """
+        LogEntry.objects.log_actions(
+            user_id=request.user.pk,
+            queryset=[credential],
+            action_flag=DELETION,
+            change_message=str(message),
+            single_object=True,
+        )
+
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        for credential in queryset.only("pk", "user", "refresh_token"):
+        for credential in queryset.only("pk", "user"):
             services.unlink(credential, request=request)
 
     def delete_model(self, request: HttpRequest, obj: SliceCredential) -> None:
@@ -114,8 +186,9 @@ class SliceCredentialAdmin(admin.ModelAdmin):
         """Renew each selected credential through services.renew (forced)."""
         renewed = 0
         for credential in queryset.select_related("user").defer(*TOKEN_FIELDS):
+            before = credential.version
             try:
-                services.renew(credential, force=True)
+                result = services.renew_with_result(credential, force=True)
             except SliceConnectError as exc:
                 self.message_user(
                     request,
@@ -123,8 +196,23 @@ class SliceCredentialAdmin(admin.ModelAdmin):
                     % {"credential": credential, "error": exc.code},
                     messages.WARNING,
                 )
+                self.log_change(
+                    request,
+                    credential,
+                    _("Renew now failed: %(error)s (status %(status)s).")
+                    % {"error": exc.code, "status": credential.status},
+                )
             else:
                 renewed += 1
+                if result.renewed:
+                    outcome = _("Renew now: renewed (version %(before)s to %(after)s).")
+                else:
+                    outcome = _("Renew now: another process renewed it first (version %(after)s).")
+                self.log_change(
+                    request,
+                    credential,
+                    outcome % {"before": before, "after": credential.version},
+                )
         if renewed:
             self.message_user(
                 request,
@@ -136,7 +224,8 @@ class SliceCredentialAdmin(admin.ModelAdmin):
     def unlink(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         """Unlink each selected credential through services.unlink."""
         count = 0
-        for credential in queryset.only("pk", "user", "refresh_token"):
+        for credential in queryset.only("pk", "user"):
+            self.log_deletions(request, [credential])
             services.unlink(credential, request=request)
             count += 1
         self.message_user(

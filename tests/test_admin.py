@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -187,14 +188,14 @@ def test_change_form_has_no_token_inputs(
     assert 'name="access_token"' not in html and 'name="refresh_token"' not in html
 
 
-def test_saving_the_change_form_keeps_undecryptable_bytes(
+def test_posting_the_change_form_keeps_undecryptable_bytes(
     admin_client: Client, rows: dict[str, SliceCredential]
 ) -> None:
     pk = rows["alice"].pk
     corrupt(pk)
     before = raw_tokens(pk)
     response = admin_client.post(url("change", pk), {"_save": "Save"})
-    assert response.status_code == 302
+    assert response.status_code == 403
     assert raw_tokens(pk) == before
 
 
@@ -460,3 +461,211 @@ def test_actions_need_the_matching_permission(
     assert SliceCredential.objects.filter(pk=rows["alice"].pk).exists()
     assert SliceCredential.objects.get(pk=rows["alice"].pk).version == rows["alice"].version
     assert list(slice_api.calls) == []
+
+
+# -- the change page is view-only -----------------------------------------------------------------
+
+
+def row_state(pk: int) -> dict[str, Any]:
+    """Every column of the credential's row as stored (token columns as raw bytes)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT * FROM {TABLE} WHERE id = %s", [pk])
+        names = [column[0] for column in cursor.description]
+        row = cursor.fetchone()
+    assert row is not None
+    return {
+        name: bytes(value) if isinstance(value, (bytes, memoryview)) else value
+        for name, value in zip(names, row, strict=True)
+    }
+
+
+def staff_with(make_user: Callable[..., Any], name: str, *codenames: str) -> Client:
+    user = make_user(name, is_staff=True)
+    for codename in codenames:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("who", ["superuser", "change", "view"])
+def test_change_page_is_view_only_for_everyone(
+    admin_client: Client,
+    make_user: Callable[..., Any],
+    rows: dict[str, SliceCredential],
+    who: str,
+) -> None:
+    client = {
+        "superuser": lambda: admin_client,
+        "change": lambda: staff_with(make_user, "changer", "change_slicecredential"),
+        "view": lambda: staff_with(make_user, "viewer", "view_slicecredential"),
+    }[who]()
+    pk = rows["alice"].pk
+    page = client.get(url("change", pk))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "alice" in html
+    assert page.context["has_change_permission"] is False
+    for button in ('name="_save"', 'name="_continue"', 'name="_addanother"'):
+        assert button not in html
+    assert client.get(url("changelist")).status_code == 200
+    before = row_state(pk)
+    response = client.post(url("change", pk), {"_save": "Save", "status": "needs_reauth"})
+    assert response.status_code == 403
+    assert row_state(pk) == before
+
+
+def test_change_permission_still_runs_renew_now(
+    make_user: Callable[..., Any],
+    rows: dict[str, SliceCredential],
+    slice_api: responses.RequestsMock,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    client = staff_with(make_user, "changer", "view_slicecredential", "change_slicecredential")
+    target = rows["dave"]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(client, "renew_now", target.pk)
+    assert messages_of(response) == ["Renewed 1 credential."]
+    assert SliceCredential.objects.get(pk=target.pk).version == target.version + 1
+
+
+def test_a_renewal_committed_between_get_and_post_is_not_overwritten(
+    admin_client: Client,
+    rows: dict[str, SliceCredential],
+    slice_api: responses.RequestsMock,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    target = rows["dave"]
+    page = admin_client.get(url("change", target.pk))
+    assert page.status_code == 200
+    form = page.context["adminform"].form
+    posted = {name: form[name].value() or "" for name in form.fields}
+    with django_capture_on_commit_callbacks(execute=True):
+        from slice_connect import services
+
+        services.renew(SliceCredential.objects.get(pk=target.pk), force=True)
+    renewed = row_state(target.pk)
+    assert renewed["version"] == target.version + 1
+    response = admin_client.post(url("change", target.pk), {**posted, "_save": "Save"})
+    assert response.status_code == 403
+    assert row_state(target.pk) == renewed  # version, both tokens, expiries, journal
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("outcome", ["renewed", "answer_lost"])
+def test_a_renewal_racing_a_direct_post_is_not_rolled_back(
+    admin_client: Client,
+    rows: dict[str, SliceCredential],
+    slice_api: responses.RequestsMock,
+    monkeypatch: pytest.MonkeyPatch,
+    outcome: str,
+) -> None:
+    """The admin reads the row, a worker's renewal commits, then the admin would save.
+
+    The renewal runs in another thread on its own connection, as a Celery worker would, and
+    commits while the admin's POST is between reading the row and saving it. Before the
+    change page became view-only, that save wrote the unlocked snapshot back: the version,
+    expiries and renewal time went back (``renewed``), or the renewal journal was erased
+    (``answer_lost``: the stamp that says the refresh token may already be spent).
+    """
+    from django.contrib import admin as django_admin
+    from django.db import connections
+
+    from slice_connect import services
+    from slice_connect.exceptions import SliceConnectError
+
+    if outcome == "answer_lost":
+        slice_api.replace(responses.POST, TOKEN_URL, body=requests.ReadTimeout("lost"))
+    target = rows["dave"]
+    model_admin = django_admin.site._registry[SliceCredential]
+    original = model_admin.get_object
+    after_renewal: dict[str, Any] = {}
+
+    def worker() -> None:
+        try:
+            services.renew(SliceCredential.objects.get(pk=target.pk), force=True)
+        except SliceConnectError:
+            pass
+        finally:
+            connections.close_all()
+
+    def get_object_then_race(*args: Any, **kwargs: Any) -> Any:
+        snapshot = original(*args, **kwargs)
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive()
+        after_renewal.update(row_state(target.pk))
+        return snapshot
+
+    monkeypatch.setattr(model_admin, "get_object", get_object_then_race)
+    response = admin_client.post(
+        url("change", target.pk), {"_save": "Save", "version": "0", "status": "active"}
+    )
+    assert response.status_code == 403
+    if outcome == "renewed":
+        assert after_renewal["version"] == target.version + 1
+        assert after_renewal["renewal_started_at"] is None
+    else:
+        assert after_renewal["renewal_started_at"] is not None
+        assert after_renewal["failure_count"] == 1
+    assert row_state(target.pk) == after_renewal
+
+
+# -- admin actions leave history ----------------------------------------------------------------
+
+
+def test_admin_actions_leave_log_entries_without_tokens(
+    admin_client: Client,
+    rows: dict[str, SliceCredential],
+    slice_api: responses.RequestsMock,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    alice, bob, carol, dave = (rows[name] for name in ("alice", "bob", "carol", "dave"))
+    corrupt(carol.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        run_action(admin_client, "renew_now", dave.pk)  # renewed
+        run_action(admin_client, "renew_now", bob.pk)  # needs_reauth: refused
+        run_action(admin_client, "unlink", alice.pk)
+        assert admin_client.post(url("delete", carol.pk), {"post": "yes"}).status_code == 302
+        run_action(admin_client, "delete_selected", dave.pk)
+    assert set(SliceCredential.objects.values_list("pk", flat=True)) == {bob.pk}
+
+    entries = list(LogEntry.objects.order_by("pk"))
+    kind = ContentType.objects.get_for_model(SliceCredential)
+    assert {(e.user.username, e.content_type_id) for e in entries} == {("root", kind.pk)}
+    got = [(e.object_id, e.action_flag, e.change_message) for e in entries]
+    revoked = "revocation of its refresh token at Slice requested (best effort)"
+    assert got == [
+        (
+            str(dave.pk),
+            CHANGE,
+            f"Renew now: renewed (version {dave.version} to {dave.version + 1}).",
+        ),
+        (str(bob.pk), CHANGE, "Renew now failed: needs_reauth (status needs_reauth)."),
+        (str(alice.pk), DELETION, f"Unlinked alice and deleted the credential; {revoked}."),
+        (
+            str(carol.pk),
+            DELETION,
+            "Unlinked carol and deleted the credential; "
+            "not revoked at Slice (its tokens cannot be decrypted).",
+        ),
+        (str(dave.pk), DELETION, f"Unlinked dave and deleted the credential; {revoked}."),
+    ]
+    assert [e.object_repr for e in entries] == [
+        "Slice link of dave",
+        "Slice link of bob",
+        "Slice link of alice",
+        "Slice link of carol",
+        "Slice link of dave",
+    ]
+    # No token (the rows' own, or the renewed ones Slice sent) and no ciphertext anywhere.
+    stored = repr(list(LogEntry.objects.values()))
+    assert_no_tokens(stored, all_canaries(rows))
+    history = admin_client.get(url("history", bob.pk))
+    assert "Renew now failed: needs_reauth" in history.content.decode()
+    assert_no_tokens(history.content.decode(), all_canaries(rows))
