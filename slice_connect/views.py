@@ -107,11 +107,11 @@ class AuthorizeView(LoginRequiredMixin, View):
     template_name = "slice_connect/authorize.html"
 
     def get(self, request: HttpRequest) -> HttpResponse:
+        next_url = safe_next(request, request.GET.get("next"))
         context = {
-            "next": safe_next(request, request.GET.get("next")) or "",
-            "credential": SliceCredential.objects.without_tokens()
-            .filter(user=request.user)
-            .first(),
+            "next": next_url or "",
+            "cancel_url": next_url or default_next(),
+            "credential": services.credential_of(request.user),
         }
         return render(request, self.template_name, context)
 
@@ -127,11 +127,15 @@ class AuthorizeView(LoginRequiredMixin, View):
 class CallbackRejected(Exception):
     """A callback that is refused before anything is sent to Slice."""
 
-    def __init__(self, message: Any, status: int = 400, *, retry: bool = True) -> None:
+    def __init__(
+        self, message: Any, status: int = 400, *, retry: bool = True, denied: bool = False
+    ) -> None:
         super().__init__(str(message))
         self.message = message
         self.status = status
         self.retry = retry
+        #: The user declined at Slice's consent page: not an error.
+        self.denied = denied
 
 
 class CallbackView(View):
@@ -155,12 +159,18 @@ class CallbackView(View):
             assert attempt is not None
             code = self._code(request)
             error = request.GET.get("error")
+            if error == "access_denied":
+                # The user's choice, not a fault: a normal page (200), logged at INFO only.
+                raise CallbackRejected(ERROR_MESSAGES[error], 200, denied=True)
             if error is not None:
                 raise CallbackRejected(ERROR_MESSAGES.get(error, GENERIC_ERROR))
             if not code:
                 raise CallbackRejected(_("Slice sent you back without an authorization code."))
         except CallbackRejected as rejected:
-            logger.info("Slice callback rejected: %s", rejected)
+            if rejected.denied:
+                logger.info("User %s declined to link their Slice account.", request.user.pk)
+            else:
+                logger.info("Slice callback rejected: %s", rejected)
             return self.error_page(request, rejected)
         # Persist the consumed state before calling Slice: SessionMiddleware does not save
         # the session of a 5xx answer, and a reload must never redeem the code twice.
@@ -241,6 +251,7 @@ class CallbackView(View):
         """Render the error page: a fixed message and a way to try again."""
         context = {
             "message": rejected.message,
+            "denied": rejected.denied,
             "retry": rejected.retry and request.user.is_authenticated,
             "home_url": default_next(),
         }
@@ -248,9 +259,30 @@ class CallbackView(View):
 
 
 class UnlinkView(LoginRequiredMixin, View):
-    """POST (with CSRF) to unlink the user's Slice account."""
+    """POST (with CSRF) to unlink the user's Slice account.
+
+    Any other method answers 405; for GET (a person who followed a link) the 405 carries a
+    confirmation page with the POST form, so nothing changes without a deliberate click.
+    """
 
     http_method_names = ["post"]
+    template_name = "slice_connect/unlink.html"
+
+    def http_method_not_allowed(
+        self, request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        response = super().http_method_not_allowed(request, *args, **kwargs)
+        if request.method not in ("GET", "HEAD"):
+            return response
+        next_url = safe_next(request, request.GET.get("next"))
+        context = {
+            "next": next_url or "",
+            "cancel_url": next_url or default_next(),
+            "credential": services.credential_of(request.user),
+        }
+        page = render(request, self.template_name, context, status=405)
+        page["Allow"] = response["Allow"]
+        return page
 
     def post(self, request: HttpRequest) -> HttpResponse:
         credential = (

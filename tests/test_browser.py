@@ -157,7 +157,7 @@ def deny(page: Any, slice_server: Any, user: Any, steps: Steps) -> None:
     go_to_consent(page, slice_server, steps)
     with page.expect_response(lambda r: r.url.startswith(f"{base}/slice/callback/")) as answer:
         page.click("button:has-text('Deny')")
-    assert answer.value.status == 400
+    assert answer.value.status == 200  # the user's choice: a normal page, not an error
 
 
 def test_deny_shows_error_page_with_try_again(

@@ -89,7 +89,7 @@ def test_deny_shows_error_page_and_stores_nothing(
     callback_url = consent(session, start_link(session, slice_server.url), allow=False)
     assert query_of(callback_url)["error"] == ["access_denied"]
     response = session.get(callback_url, allow_redirects=False, timeout=30)
-    assert response.status_code == 400
+    assert response.status_code == 200  # the user's choice: a normal page, not an error
     assert "chose not to give this site access" in response.text
     assert "Try again" in response.text
     assert slice_server.token_requests() == 0

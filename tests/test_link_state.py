@@ -171,9 +171,7 @@ def test_not_linked_is_cached_too(user: Any, django_assert_num_queries: Any) -> 
         assert services.credential_of(user) is None
 
 
-def test_user_slice_credential_is_the_documented_attribute(
-    user: Any, make_credential: Any
-) -> None:
+def test_user_slice_credential_is_the_documented_attribute(user: Any, make_credential: Any) -> None:
     credential = make_credential(user)
     fresh = user.__class__.objects.get(pk=user.pk)
     assert fresh.slice_credential == credential

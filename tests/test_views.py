@@ -57,6 +57,7 @@ ISSUER = "The link request came from an unexpected server."
 CODE_MALFORMED = "The authorization code is malformed."
 NO_CODE = "Slice sent you back without an authorization code."
 GENERIC = "Slice could not link your account."
+DENIED = "You chose not to give this site access to your Slice account."
 LOGIN = "Please log in, then link your Slice account again."
 CODE_EXPIRED = "The authorization from Slice expired before it could be used. Please try again."
 MISCONFIGURED = "This site's connection to Slice is misconfigured. Please tell the site owner."
@@ -200,7 +201,8 @@ def assert_rejected(
     logged_in: bool = True,
 ) -> None:
     assert response.status_code == status
-    assert 400 <= response.status_code < 500
+    # 4xx, except a user's own "Deny" at Slice, which ends on a normal page.
+    assert 400 <= response.status_code < 500 or (status == 200 and message == DENIED)
     assert_headers(response)
     assert not response.has_header("Location")
     body = response.content.decode()
@@ -583,16 +585,19 @@ B1_CASES: dict[str, Case] = {
         f"state={S}&error=access_denied&error_description=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
         KNOWN_ERRORS["access_denied"],
         consumed=True,
+        status=200,
     ),
     "error-description-js": Case(
         f"state={S}&error=access_denied&error_description=javascript%3Aalert(1)",
         KNOWN_ERRORS["access_denied"],
         consumed=True,
+        status=200,
     ),
     "error-description-crlf": Case(
         f"state={S}&error=access_denied&error_description=x%0D%0ASet-Cookie%3A%20pwned%3D1",
         KNOWN_ERRORS["access_denied"],
         consumed=True,
+        status=200,
     ),
     "error-description-repeated": Case(
         f"state={S}&error=access_denied&error_description=a&error_description=b",
@@ -626,7 +631,12 @@ B1_CASES: dict[str, Case] = {
 }
 B1_CASES.update(
     {
-        f"error-{name}": Case(f"state={S}&error={name}", message, consumed=True)
+        f"error-{name}": Case(
+            f"state={S}&error={name}",
+            message,
+            consumed=True,
+            status=200 if name == "access_denied" else 400,
+        )
         for name, message in KNOWN_ERRORS.items()
     }
 )
