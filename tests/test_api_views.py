@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+import requests
 import responses
 from django.db import connection
 from django.test import Client
@@ -26,6 +27,7 @@ from slice_connect import api_views, oauth, services, signals, states
 from slice_connect.models import SliceCredential
 
 from .conftest import query_of
+from .flow import consent
 from .raw import raw_tokens, write_raw_tokens
 
 pytestmark = pytest.mark.django_db
@@ -680,3 +682,58 @@ def test_no_token_or_ciphertext_in_any_body(
         text = response.serialize().decode("utf-8", "replace")  # headers and body
         for value in secrets_:
             assert value not in text, (response.status_code, value[:12])
+
+
+# -- end to end over real HTTP against the sandbox ------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_api_flow_against_the_sandbox(
+    slice_server: Any,
+    user: Any,
+    browser_session: Callable[[Any], requests.Session],
+    events: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """What a single-page app does, with a real cookie jar: status, link, status, unlink."""
+    from oauth2_provider.models import RefreshToken
+
+    base = slice_server.url
+    session = browser_session(user)
+    api = {name: f"{base}/slice/api/{name}/" for name in ("status", "authorize", "unlink")}
+
+    first = session.get(api["status"], timeout=10)
+    assert first.status_code == 200 and first.json()["linked"] is False
+    headers = {api_views.CSRF_HEADER: first.headers[api_views.CSRF_HEADER]}
+    refused = session.post(api["authorize"], json={"next": "/after/"}, timeout=10)
+    assert refused.status_code == 403 and refused.json()["error"] == "csrf_failed"
+
+    started = session.post(api["authorize"], json={"next": "/after/"}, headers=headers, timeout=10)
+    assert started.status_code == 200
+    authorize_url = started.json()["authorize_url"]
+    assert authorize_url.startswith(f"{base}/oauth/authorize?")
+    callback_url = consent(session, authorize_url, allow=True)
+    landed = session.get(callback_url, allow_redirects=False, timeout=30)
+    assert landed.status_code == 302
+    assert landed.headers["Location"] == "/after/"
+    assert slice_server.token_requests("authorization_code") == 1
+
+    status = session.get(api["status"], timeout=10).json()
+    assert status["linked"] is True and status["status"] == "active"
+    stored = SliceCredential.objects.get(user=user)
+    assert datetime.fromisoformat(status["linked_at"]) == stored.linked_at
+    assert datetime.fromisoformat(status["refresh_token_expires_at"]) == (
+        stored.refresh_token_expires_at
+    )
+    assert RefreshToken.objects.filter(revoked__isnull=True).count() == 1
+
+    gone = session.post(api["unlink"], headers=headers, timeout=30)
+    assert gone.status_code == 200 and gone.json() == {"linked": False}
+    assert not SliceCredential.objects.filter(user=user).exists()
+    # Revoked at the sandbox (after the commit) and announced with the request.
+    assert RefreshToken.objects.filter(revoked__isnull=True).count() == 0
+    assert [name for name, _ in events] == ["credential_linked", "credential_unlinked"]
+    assert events[1][1]["request"].path == "/slice/api/unlink/"
+    assert session.get(api["status"], timeout=10).json()["linked"] is False
+    for response in (first, started, landed, gone):
+        for value in (stored.access_token, stored.refresh_token, slice_server.client_secret):
+            assert value not in response.text
