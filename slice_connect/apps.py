@@ -6,7 +6,7 @@ import sys
 
 from django.apps import AppConfig
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models.signals import post_delete
+from django.db.models.signals import post_delete, pre_delete
 from django.utils.translation import gettext_lazy as _
 
 
@@ -57,8 +57,11 @@ class SliceConnectConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the checks)
         from .models import SliceCredential
-        from .services import credential_deleted
+        from .services import credential_deleted, credential_deleting
 
+        pre_delete.connect(
+            credential_deleting, sender=SliceCredential, dispatch_uid="slice_connect.deleting"
+        )
         post_delete.connect(
             credential_deleted, sender=SliceCredential, dispatch_uid="slice_connect.deleted"
         )

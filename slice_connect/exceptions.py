@@ -31,6 +31,19 @@ class ConfigurationError(SliceConnectError):
     code = "invalid_client"
 
 
+class RenewalInTransaction(ConfigurationError):
+    """A renewal was asked for inside a transaction it cannot commit apart from (SQLite).
+
+    A renewal must commit on its own: the refresh token it spends is gone at Slice even if
+    the caller's transaction rolls back. On PostgreSQL (and other databases) it then runs
+    on a connection of its own; SQLite allows one writer at a time, so there it is refused
+    before anything is sent to Slice. Renew outside ``transaction.atomic()`` (mark the view
+    ``transaction.non_atomic_requests`` under ``ATOMIC_REQUESTS``) or use PostgreSQL.
+    """
+
+    code = "renewal_in_transaction"
+
+
 class TransientError(SliceConnectError):
     """A temporary failure (network, timeout, 429, 5xx, lock wait); nothing was changed."""
 

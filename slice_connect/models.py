@@ -178,3 +178,23 @@ class SliceCredential(models.Model):
         for field in self._meta.concrete_fields:
             if field.attname not in deferred:
                 setattr(self, field.attname, getattr(other, field.attname))
+
+
+class CallbackClaim(models.Model):
+    """The single use of one authorization attempt, claimed by the callback that redeems it.
+
+    The primary key is the SHA-256 of the state (never the state), so of several callbacks
+    carrying the same state at once (a double click, a reload, a prefetch), in however many
+    processes, exactly one inserts the row and exchanges the code; the others fail on the
+    key. Rows older than twice ``STATE_TTL`` are deleted when new attempts start.
+    """
+
+    state_hash = models.CharField(_("state hash"), max_length=64, primary_key=True)
+    claimed_at = models.DateTimeField(_("claimed at"), default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = _("callback claim")
+        verbose_name_plural = _("callback claims")
+
+    def __str__(self) -> str:
+        return f"callback claim of {self.claimed_at:%Y-%m-%d %H:%M:%S}"

@@ -18,13 +18,14 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from . import oauth, signals
+from . import durable, oauth, signals
 from .conf import app_settings
 from .exceptions import (
     ConfigurationError,
     CredentialUnreadable,
     InvalidTokenResponse,
     NeedsReauth,
+    RenewalInTransaction,
     RenewalLockTimeout,
     ResponseLost,
     SliceConnectError,
@@ -81,7 +82,9 @@ def link(user: Any, tokens: oauth.TokenSet, request: HttpRequest | None = None) 
     """Store ``tokens`` as ``user``'s credential, creating or replacing it atomically.
 
     A re-link replaces both tokens and clears any failure state. Sends
-    ``credential_linked`` after commit.
+    ``credential_linked`` after commit. A re-link also revokes the refresh token it
+    replaced, read under the row lock (so a renewal in flight finishes first and its new
+    token is the one revoked), after commit and best effort, like :func:`unlink`.
     """
     if not tokens.refresh_token:
         raise ValueError("A link needs a refresh token.")
@@ -99,10 +102,10 @@ def link(user: Any, tokens: oauth.TokenSet, request: HttpRequest | None = None) 
         "last_error_code": "",
         "last_error_at": None,
     }
+    # The old refresh token is loaded (not the access token): a re-link revokes it.
+    current = SliceCredential.objects.select_for_update().defer("access_token")
     with transaction.atomic():
-        credential = (
-            SliceCredential.objects.select_for_update().without_tokens().filter(user=user).first()
-        )
+        credential = current.filter(user=user).first()
         created = credential is None
         if created:
             try:
@@ -110,12 +113,11 @@ def link(user: Any, tokens: oauth.TokenSet, request: HttpRequest | None = None) 
                     credential = SliceCredential.objects.create(user=user, **values)
             except IntegrityError:
                 # Another request linked the same user first: update that row instead.
-                credential = (
-                    SliceCredential.objects.select_for_update().without_tokens().get(user=user)
-                )
+                credential = current.get(user=user)
                 created = False
         if not created:
             assert credential is not None
+            _revoke_on_commit(credential.refresh_token, keep=tokens.refresh_token)
             for name, value in values.items():
                 setattr(credential, name, value)
             credential.version += 1
@@ -135,23 +137,61 @@ def link(user: Any, tokens: oauth.TokenSet, request: HttpRequest | None = None) 
 def unlink(credential: SliceCredential, request: HttpRequest | None = None) -> None:
     """Delete ``credential``; revokes it at Slice (best effort) and sends the signal.
 
-    Deleting the row any other way (the admin, deleting the user) does the same, through
-    :func:`credential_deleted`; this function only adds the request to the signal.
+    Deleting the row any other way (the admin, deleting the user, ``QuerySet.delete()``)
+    does the same, through :func:`credential_deleting` and :func:`credential_deleted`; this
+    function only adds the request to the signal. The instance may be a stale or partial
+    copy (tokens deferred): the token revoked is the one stored when the row goes.
     """
-    if "refresh_token" in credential.get_deferred_fields():
-        # The admin loads credentials without their tokens; revoking needs the refresh token.
-        credential.refresh_from_db(fields=["refresh_token"])
     credential._slice_connect_request = request  # type: ignore[attr-defined]
     credential.delete()
+
+
+#: Where :func:`credential_deleting` leaves the live refresh token for :func:`credential_deleted`.
+_LIVE_REFRESH_TOKEN = "_slice_connect_live_refresh_token"
+
+
+@sensitive_variables("live")
+def credential_deleting(
+    sender: Any, instance: SliceCredential, using: str = "default", **kwargs: Any
+) -> None:
+    """``pre_delete`` receiver: read the refresh token that is live as the row goes.
+
+    Runs inside the deleting transaction. ``select_for_update`` waits for a renewal that
+    holds the row (its new refresh token is then the one read) and keeps any later renewal
+    out until the row is gone, so what is revoked after commit is the token Slice honours,
+    never a copy read before a renewal committed.
+    """
+    live = (
+        SliceCredential.objects.using(using)
+        .select_for_update()
+        .filter(pk=instance.pk)
+        .values_list("refresh_token", flat=True)
+        .first()
+    )
+    instance.__dict__[_LIVE_REFRESH_TOKEN] = live
+
+
+@sensitive_variables("token", "keep")
+def _revoke_on_commit(token: Any, *, keep: Any = None) -> None:
+    """After commit, revoke the refresh token ``token`` at Slice (best effort, logged)."""
+    if not (app_settings.REVOKE_ON_UNLINK and isinstance(token, str) and token):
+        return
+    if token == keep:
+        return
+
+    @sensitive_variables("token")
+    def revoke() -> None:
+        oauth.revoke(token)
+
+    # robust: a failing revocation is logged, never an error for the request.
+    transaction.on_commit(revoke, robust=True)
 
 
 @sensitive_variables("token")
 def credential_deleted(sender: Any, instance: SliceCredential, **kwargs: Any) -> None:
     """``post_delete`` receiver: after commit, revoke at Slice and send the signal."""
     request = getattr(instance, "_slice_connect_request", None)
-    token: Any = None
-    if "refresh_token" not in instance.get_deferred_fields():
-        token = instance.refresh_token
+    token: Any = instance.__dict__.pop(_LIVE_REFRESH_TOKEN, None)
     user = instance.user
 
     @sensitive_variables("token")
@@ -256,15 +296,39 @@ def renew_with_result(
 
     ``seen_version`` renews only if the row still holds that version: the API client uses it
     after a 401, so a hundred callers holding the same rejected token cause one refresh.
+
+    Called inside a transaction of the caller (``ATOMIC_REQUESTS``, ``atomic()``), the
+    renewal runs on a database connection of its own and commits on its own, so rolling the
+    caller's transaction back never loses a rotated refresh token. On SQLite, which allows
+    one writer, it raises :class:`RenewalInTransaction` there instead, before anything is
+    sent to Slice.
     """
     try:
-        result = _renew(credential.pk, force=force, seen_version=seen_version)
+        result = durable.run_durably(
+            _renew,
+            credential.pk,
+            force=force,
+            seen_version=seen_version,
+            refuse_on_sqlite=_refuse_in_transaction,
+        )
     except NeedsReauth as exc:
         credential.status = Status.NEEDS_REAUTH
         credential.status_reason = exc.reason
         raise
     credential.copy_from(result.credential)
     return result
+
+
+def _refuse_in_transaction() -> RenewalInTransaction:
+    logger.error(
+        "A Slice renewal was refused: it was called inside a database transaction on SQLite, "
+        "where it cannot commit on its own. Renew outside transaction.atomic() (mark the view "
+        "transaction.non_atomic_requests under ATOMIC_REQUESTS) or use PostgreSQL."
+    )
+    return RenewalInTransaction(
+        "Renewal refused inside a transaction on SQLite: it could not commit on its own. "
+        "Renew outside transaction.atomic() / ATOMIC_REQUESTS, or use PostgreSQL."
+    )
 
 
 def mark_unreadable(pks: Iterable[int]) -> int:

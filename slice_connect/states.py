@@ -4,21 +4,32 @@ Each attempt is stored under the SHA-256 of its state, never the state itself (s
 dump does not reveal it), together with the user it was started for, the redirect URI that
 was sent, whether PKCE was used and the validated ``next`` target. The PKCE verifier is
 derived from the state (:func:`slice_connect.oauth.pkce_verifier`) and so is not stored.
+
+The session alone cannot make an attempt single-use across processes: several requests
+carrying the same state at once (a double click, a reload, a prefetch) each load the
+session before any of them saves it. :func:`claim` therefore claims the attempt in the
+database (:class:`~slice_connect.models.CallbackClaim`, unique on the state's hash) before
+the code is exchanged; exactly one request wins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from django.db import IntegrityError, connection, transaction
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.debug import sensitive_variables
 
+from . import durable
 from .conf import app_settings
+from .models import CallbackClaim
 
 SESSION_KEY = "slice_connect_pending"
 #: ``secrets.token_urlsafe(32)``: 256 bits, 43 URL-safe characters.
@@ -70,7 +81,43 @@ def remember(
     pending = [a for a in _load(request) if now - float(a.get("created", 0)) <= ttl]
     pending.append(asdict(attempt))
     request.session[SESSION_KEY] = pending[-max(1, app_settings.MAX_PENDING_STATES) :]
+    prune_claims()
     return attempt
+
+
+def prune_claims() -> int:
+    """Delete claims older than twice ``STATE_TTL``; returns how many went.
+
+    Their attempts are expired by then, so the callback refuses them before the claim
+    would matter. Runs whenever an attempt starts: a claim needs an attempt, so the table
+    stays as small as the number of callbacks within that window.
+    """
+    cutoff = timezone.now() - 2 * app_settings.STATE_TTL
+    deleted, _by_model = CallbackClaim.objects.filter(claimed_at__lt=cutoff).delete()
+    return deleted
+
+
+def claim(attempt: PendingAttempt) -> bool:
+    """Claim ``attempt``'s single use across processes; ``False`` if it was claimed before.
+
+    Inserts the state's hash under a unique key, committed at once (on its own connection
+    when the caller is inside a transaction, e.g. ``ATOMIC_REQUESTS``; on SQLite, which
+    allows one writer, inside that transaction, which then serializes the requests), so
+    concurrent requests with the same state see exactly one ``True``.
+    """
+    return durable.run_durably(_insert_claim, attempt.state_hash)
+
+
+def _insert_claim(state_hash: str) -> bool:
+    # In autocommit one INSERT is its own transaction; inside one, a savepoint keeps a
+    # duplicate key from breaking the caller's transaction.
+    scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    try:
+        with scope:
+            CallbackClaim.objects.create(state_hash=state_hash)
+    except IntegrityError:
+        return False
+    return True
 
 
 @sensitive_variables("state")

@@ -46,6 +46,10 @@ ERROR_MESSAGES = {
     "temporarily_unavailable": _("Slice is busy right now."),
 }
 GENERIC_ERROR = _("Slice could not link your account.")
+ALREADY_USED = _(
+    "This link request was already used, for example by a double click or a reload. "
+    "If your Slice account is not linked yet, please start again."
+)
 
 
 def safe_next(request: HttpRequest, target: str | None) -> str | None:
@@ -166,15 +170,18 @@ class CallbackView(View):
                 raise CallbackRejected(ERROR_MESSAGES.get(error, GENERIC_ERROR))
             if not code:
                 raise CallbackRejected(_("Slice sent you back without an authorization code."))
+            # One code, one redemption: of several requests with this state at once (a
+            # double click, a reload, a prefetch), in any process, one claims it here.
+            if not states.claim(attempt):
+                raise CallbackRejected(ALREADY_USED, 409)
         except CallbackRejected as rejected:
             if rejected.denied:
                 logger.info("User %s declined to link their Slice account.", request.user.pk)
             else:
                 logger.info("Slice callback rejected: %s", rejected)
             return self.error_page(request, rejected)
-        # Persist the consumed state before calling Slice: SessionMiddleware does not save
-        # the session of a 5xx answer, and a reload must never redeem the code twice.
-        request.session.save()
+        # The claim is committed, so a reload of a 5xx answer (whose session
+        # SessionMiddleware does not save) can never redeem the code twice.
         try:
             tokens = oauth.exchange_code(
                 code=code, redirect_uri=attempt.redirect_uri, state=state, use_pkce=attempt.use_pkce

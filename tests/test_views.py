@@ -28,7 +28,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from slice_connect import oauth, signals, states
-from slice_connect.models import SliceCredential
+from slice_connect.models import CallbackClaim, SliceCredential
 
 pytestmark = pytest.mark.django_db
 
@@ -53,6 +53,10 @@ MALFORMED = "The link request was malformed."
 UNKNOWN = "This link request is unknown or was already used. Please start again."
 SOMEONE_ELSE = "This link request was started by someone else."
 EXPIRED = "This link request expired. Please start again."
+ALREADY_USED = (
+    "This link request was already used, for example by a double click or a reload. "
+    "If your Slice account is not linked yet, please start again."
+)
 ISSUER = "The link request came from an unexpected server."
 CODE_MALFORMED = "The authorization code is malformed."
 NO_CODE = "Slice sent you back without an authorization code."
@@ -156,6 +160,11 @@ class Browser:
 
     def is_pending(self, state: str) -> bool:
         return sha256(state) in self.pending()
+
+    def is_spent(self, state: str) -> bool:
+        """Gone from the session, or claimed for good (a 5xx page's session is not saved)."""
+        claimed = CallbackClaim.objects.filter(state_hash=sha256(state)).exists()
+        return claimed or not self.is_pending(state)
 
 
 @pytest.fixture
@@ -751,7 +760,7 @@ def test_reload_after_a_failed_exchange_never_redeems_the_code_again(
     slice_api.answer(json={"access_token": "a", "refresh_token": "r", "expires_in": 60})
     before = raw_rows()
     response = browser.callback(query)
-    assert_rejected(response, status=400, message=UNKNOWN, secrets_=(state, "only-once"))
+    assert_rejected(response, status=409, message=ALREADY_USED, secrets_=(state, "only-once"))
     assert len(slice_api.token_calls()) == 1
     assert raw_rows() == before
 
@@ -875,7 +884,7 @@ def test_token_failure_stores_nothing(
         existing.access_token,
         existing.refresh_token,
     )
-    assert not browser.is_pending(state)
+    assert browser.is_spent(state)
     calls = len(slice_api.token_calls())
     assert calls == (2 if "connect" in repr(spec.get("body", "")).lower() else 1)
     assert not any(c.request.url.startswith("https://evil.example") for c in slice_api.mock.calls)
@@ -936,9 +945,12 @@ def test_credential_linked_waits_for_commit(
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         browser.callback(urlencode({"state": state, "code": "c"}))
     assert events == []  # not before commit
-    assert len(callbacks) == 1
-    callbacks[0]()
+    assert slice_api.revoke_calls() == []  # nor the re-link's revocation of the old token
+    assert len(callbacks) == 2
+    for callback in callbacks:
+        callback()
     assert [e[0] for e in events] == ["credential_linked"]
+    assert len(slice_api.revoke_calls()) == 1
 
 
 def test_credential_linked_not_sent_on_rollback(
