@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import wraps
 from typing import Any
 
 from django.contrib import messages
@@ -10,10 +11,13 @@ from django.contrib.auth.mixins import LoginRequiredMixin
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render, resolve_url
 from django.urls import reverse
+from django.utils.cache import patch_cache_control
 from django.utils.decorators import method_decorator
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext_lazy as _
 from django.views import View
+from django.views.decorators.clickjacking import xframe_options_deny
+from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_variables
 
 from . import oauth, services, states
@@ -101,6 +105,26 @@ def start_authorization(request: HttpRequest, next_url: str | None = None) -> st
     )
 
 
+def no_store(view: Any) -> Any:
+    """Mark every answer of ``view`` ``Cache-Control: no-store`` (it shows link state)."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        patch_cache_control(response, no_store=True)
+        return response
+
+    return wrapped
+
+
+#: Our pages protect themselves whatever middleware the site runs: Django's CSRF check on
+#: every POST (``csrf_protect``, also needed for ``{% csrf_token %}`` without the
+#: middleware), ``no-store`` on every answer (login redirects and CSRF refusals included),
+#: and no framing (clickjacking the "Continue to Slice" or "Unlink" button).
+SELF_PROTECTED = [xframe_options_deny, no_store, csrf_protect]
+
+
+@method_decorator(SELF_PROTECTED, name="dispatch")
 class AuthorizeView(LoginRequiredMixin, View):
     """Start linking: GET shows a confirmation page, POST sends the user to Slice.
 
@@ -142,6 +166,7 @@ class CallbackRejected(Exception):
         self.denied = denied
 
 
+@method_decorator(SELF_PROTECTED, name="dispatch")
 class CallbackView(View):
     """Slice sends the user back here with ``code`` and ``state`` (or ``error``)."""
 
@@ -265,6 +290,7 @@ class CallbackView(View):
         return render(request, self.template_name, context, status=rejected.status)
 
 
+@method_decorator(SELF_PROTECTED, name="dispatch")
 class UnlinkView(LoginRequiredMixin, View):
     """POST (with CSRF) to unlink the user's Slice account.
 
