@@ -10,6 +10,10 @@ Needs no services by default: SQLite files and a filesystem Celery broker under
                        (the ``demo`` command sets it unless run with ``--real-clock``).
 ``FERNET_KEYS``        comma-separated token encryption keys (a demo key by default).
 ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG`` (``1`` by default).
+``DEMO_DATA_DIR``      folder of the SQLite files and the filesystem broker (default
+                       ``example_project/.demo``).
+``SLICE_SANDBOX_ONLY`` ``1`` serves only the Slice sandbox, for another site (the
+                       ``slice_sandbox`` command sets it): its own URLs and cookie names.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from example_project.database_url import database_from_url
 from example_project.slice_sandbox.conf import oauth2_provider_settings
 
 PROJECT_DIR = Path(__file__).resolve().parent
-DEMO_DIR = PROJECT_DIR / ".demo"
+DEMO_DIR = Path(os.environ.get("DEMO_DATA_DIR") or PROJECT_DIR / ".demo")
 
 
 def env_flag(name: str, default: bool) -> bool:
@@ -94,6 +98,17 @@ TEMPLATES = [
     }
 ]
 
+# `manage.py slice_sandbox` serves only the sandbox (Slice's side) for a site of your own.
+# Its cookies get their own names, so a site on the same host name keeps its session (and
+# its pending link attempt) while the user signs in to the sandbox.
+SANDBOX_ONLY = env_flag("SLICE_SANDBOX_ONLY", False)
+if SANDBOX_ONLY:
+    ROOT_URLCONF = "example_project.sandbox_urls"
+    LOGIN_REDIRECT_URL = "sandbox-home"
+    SESSION_COOKIE_NAME = "slice_sandbox_sessionid"
+    CSRF_COOKIE_NAME = "slice_sandbox_csrftoken"
+    MIDDLEWARE.remove("example_project.demo.middleware.CanonicalHostMiddleware")
+
 # -- databases ---------------------------------------------------------------------------
 
 
@@ -112,7 +127,7 @@ def sqlite_database(name: str) -> dict[str, Any]:
     }
 
 
-DEMO_DIR.mkdir(exist_ok=True)
+DEMO_DIR.mkdir(parents=True, exist_ok=True)
 
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": database_from_url(os.environ["DATABASE_URL"], "slice_connect_demo")}

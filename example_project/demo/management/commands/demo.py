@@ -36,6 +36,36 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 
 
+def migrate_all(stdout: IO[str]) -> None:
+    """Migrate every database (the site's and, with SQLite, the sandbox's file)."""
+    for alias in settings.DATABASES:
+        call_command("migrate", database=alias, interactive=False, verbosity=0)
+        stdout.write(f"Database {alias!r} migrated ({settings.DATABASES[alias]['NAME']})")
+    sandbox_db.sync_users()
+
+
+def ensure_logins() -> None:
+    """Create (or repair) the printed logins of :data:`LOGINS`."""
+    user_model = get_user_model()
+    for username, password, superuser in LOGINS:
+        user, created = user_model._default_manager.get_or_create(
+            **{user_model.USERNAME_FIELD: username},
+            defaults={"email": f"{username}@example.com"},
+        )
+        changed = created
+        if not user.check_password(password):
+            user.set_password(password)
+            changed = True
+        if superuser and not (user.is_staff and user.is_superuser):
+            user.is_staff = user.is_superuser = True
+            changed = True
+        if not user.is_active:
+            user.is_active = True
+            changed = True
+        if changed:
+            user.save()
+
+
 class Stop(Exception):
     """A signal asked the demo to stop."""
 
@@ -49,7 +79,14 @@ _libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the demo process dies (Linux only)."""
+    """In the child, before exec: get SIGTERM if the demo process dies (Linux only).
+
+    Also give the child the default SIGINT and SIGTERM actions: a demo started in the
+    background by a script inherits SIGINT ignored, and the web server would then ignore
+    the SIGINT that asks it to stop.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if _libc is not None:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -206,30 +243,10 @@ class Command(BaseCommand):
                 )
 
     def _migrate(self) -> None:
-        for alias in settings.DATABASES:
-            call_command("migrate", database=alias, interactive=False, verbosity=0)
-            self.stdout.write(f"Database {alias!r} migrated ({settings.DATABASES[alias]['NAME']})")
-        sandbox_db.sync_users()
+        migrate_all(self.stdout)
 
     def _ensure_logins(self) -> None:
-        user_model = get_user_model()
-        for username, password, superuser in LOGINS:
-            user, created = user_model._default_manager.get_or_create(
-                **{user_model.USERNAME_FIELD: username},
-                defaults={"email": f"{username}@example.com"},
-            )
-            changed = created
-            if not user.check_password(password):
-                user.set_password(password)
-                changed = True
-            if superuser and not (user.is_staff and user.is_superuser):
-                user.is_staff = user.is_superuser = True
-                changed = True
-            if not user.is_active:
-                user.is_active = True
-                changed = True
-            if changed:
-                user.save()
+        ensure_logins()
 
     def _child_env(self, port: int, fast_clock: bool) -> dict[str, str]:
         env = dict(os.environ)
