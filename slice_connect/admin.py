@@ -64,10 +64,8 @@ class SliceCredentialAdmin(admin.ModelAdmin):
     list_display = (
         "user",
         display.link_status,
-        display.linked,
-        display.access_expiry,
-        display.refresh_expiry,
-        display.last_renewal,
+        display.renewed,
+        display.expires,
         display.failures,
     )
     list_filter = ("status", "status_reason", RefreshExpiryFilter)

@@ -96,39 +96,32 @@ def link_status(credential: SliceCredential) -> SafeString:
     )
 
 
-@admin.display(description=_("Linked"), ordering="linked_at")
-def linked(credential: SliceCredential) -> SafeString:
-    """When the user linked, in words."""
-    return _time(credential.linked_at, relative(credential.linked_at))
-
-
 def _expiry(value: datetime) -> SafeString:
     if value > timezone.now():
-        return _time(value, gettext("expires %(when)s") % {"when": relative(value)})
+        return _time(value, relative(value))
     return _time(value, gettext("expired %(when)s") % {"when": relative(value)})
 
 
-@admin.display(description=_("Access token"), ordering="access_token_expires_at")
-def access_expiry(credential: SliceCredential) -> SafeString:
-    """When the access token expires (or expired), in words."""
-    return _expiry(credential.access_token_expires_at)
+@admin.display(description=_("Renewed"), ordering="last_renewed_at")
+def renewed(credential: SliceCredential) -> SafeString:
+    """When the link was last renewed, and under it when it was made, in words."""
+    if credential.last_renewed_at is None:
+        last = format_html("{}", gettext("never"))
+    else:
+        last = _time(credential.last_renewed_at, relative(credential.last_renewed_at))
+    made = gettext("linked %(when)s") % {"when": relative(credential.linked_at)}
+    return format_html(
+        '{}<br><span class="quiet">{}</span>', last, _time(credential.linked_at, made)
+    )
 
 
-@admin.display(description=_("Refresh token"), ordering="refresh_token_expires_at")
-def refresh_expiry(credential: SliceCredential) -> SafeString:
-    """When the refresh token expires (or expired), in words."""
+@admin.display(description=_("Link expires"), ordering="refresh_token_expires_at")
+def expires(credential: SliceCredential) -> SafeString:
+    """When the refresh token (so the link, unless renewed) expires, in words."""
     return _expiry(credential.refresh_token_expires_at)
 
 
-@admin.display(description=_("Last renewal"), ordering="last_renewed_at")
-def last_renewal(credential: SliceCredential) -> SafeString:
-    """When the link was last renewed, in words."""
-    if credential.last_renewed_at is None:
-        return format_html("{}", gettext("never"))
-    return _time(credential.last_renewed_at, relative(credential.last_renewed_at))
-
-
-@admin.display(description=_("Failed renewals"), ordering="failure_count")
+@admin.display(description=_("Failures"), ordering="failure_count")
 def failures(credential: SliceCredential) -> SafeString:
     """How many renewals failed in a row, and the last one's cause in words."""
     if not credential.failure_count:
