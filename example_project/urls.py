@@ -10,6 +10,7 @@ from . import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("spa/", views.spa, name="spa"),
     path(
         "accounts/login/",
         auth_views.LoginView.as_view(

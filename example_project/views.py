@@ -126,3 +126,14 @@ def home(request: HttpRequest) -> HttpResponse:
         "now": timezone.now(),
     }
     return render(request, "example/home.html", context)
+
+
+@login_required
+def spa(request: HttpRequest) -> HttpResponse:
+    """The link page as a single-page app: static HTML whose script uses only ``fetch()``.
+
+    It reads the status, starts linking and unlinks through slice_connect's JSON endpoints
+    (``slice_connect:api-status``, ``api-authorize``, ``api-unlink``); nothing about the
+    link is rendered on the server.
+    """
+    return render(request, "example/spa.html")
