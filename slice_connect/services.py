@@ -18,7 +18,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from . import durable, oauth, signals
+from . import durable, keyprobe, oauth, signals
 from .conf import app_settings
 from .exceptions import (
     ConfigurationError,
@@ -262,6 +262,7 @@ def _check_usable(row: SliceCredential, now: datetime) -> NeedsReauth | None:
     if isinstance(row.refresh_token, UnreadableToken) or isinstance(
         row.access_token, UnreadableToken
     ):
+        _refuse_if_keys_are_at_fault(row)
         _mark_needs_reauth(row, Reason.UNDECRYPTABLE, now)
         logger.error("Credential %s cannot be decrypted with FERNET_KEYS.", row.pk)
         return CredentialUnreadable(
@@ -275,6 +276,29 @@ def _check_usable(row: SliceCredential, now: datetime) -> NeedsReauth | None:
             reason=Reason.REFRESH_EXPIRED,
         )
     return None
+
+
+def _refuse_if_keys_are_at_fault(row: SliceCredential) -> None:
+    """Raise :class:`ConfigurationError` when this process's keys, not ``row``, are at fault.
+
+    A process started without the key, or with a wrong one, reads every token as
+    unreadable: that is its configuration error, and no user is marked for it (see
+    :mod:`slice_connect.keyprobe`).
+    """
+    fault = keyprobe.configuration_fault(row)
+    if fault is None:
+        return
+    logger.critical(
+        "Credential %s reads as undecryptable, but this process is at fault (%s): check "
+        "FERNET_KEYS in every process. No user was marked.",
+        row.pk,
+        fault,
+    )
+    raise ConfigurationError(
+        f"This process cannot decrypt stored credentials ({fault}); credential {row.pk} "
+        "was left unchanged.",
+        code="fernet_keys",
+    )
 
 
 def renew(credential: SliceCredential, *, force: bool = False) -> SliceCredential:
@@ -335,8 +359,17 @@ def mark_unreadable(pks: Iterable[int]) -> int:
     """Flag active credentials whose tokens no key decrypts; returns how many changed.
 
     Each gets ``status = needs_reauth`` (reason ``undecryptable``), its tokens untouched,
-    and ``credential_renewal_failed`` with ``permanent=True`` after commit.
+    and ``credential_renewal_failed`` with ``permanent=True`` after commit. Raises
+    :class:`ConfigurationError`, marking nobody, when this process's keys decrypt no stored
+    credential at all (a wrong or missing key is not the users' fault).
     """
+    fault = keyprobe.process_fault()
+    if fault is not None:
+        logger.critical("Refusing to mark credentials undecryptable: %s.", fault)
+        raise ConfigurationError(
+            f"This process cannot decrypt stored credentials ({fault}); nobody was marked.",
+            code="fernet_keys",
+        )
     now = timezone.now()
     changed = 0
     with transaction.atomic():

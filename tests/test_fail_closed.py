@@ -58,9 +58,15 @@ def broken(
     request: pytest.FixtureRequest,
     settings: Any,
     user: Any,
+    make_user: Callable[..., Any],
     make_credential: Callable[..., SliceCredential],
 ) -> SliceCredential:
-    """An active credential (access token expired) whose tokens cannot be decrypted."""
+    """An active credential (access token expired) whose tokens cannot be decrypted.
+
+    Another credential (already needing a re-link, so no renewal touches it) reads fine
+    under the final key list: the broken row alone is at fault. When no row reads at all,
+    the process's keys are, and nobody is marked (tests/test_keyprobe.py).
+    """
     credential = make_credential(
         user,
         access_token=f"CANARY-access-{secrets.token_hex(8)}",
@@ -72,6 +78,7 @@ def broken(
     else:
         corrupt = CORRUPTIONS[request.param]
         write_raw(credential.pk, *(corrupt(raw) for raw in raw_tokens(credential.pk)))
+    make_credential(make_user(), status=Status.NEEDS_REAUTH, status_reason=Reason.INVALID_GRANT)
     return credential
 
 

@@ -962,12 +962,17 @@ def test_undecryptable_credential(
     settings: Any,
     caplog: pytest.LogCaptureFixture,
     django_capture_on_commit_callbacks: CaptureOnCommit,
+    make_user: Callable[..., Any],
+    make_credential: Callable[..., SliceCredential],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     tokens = (str(canary_credential.access_token), str(canary_credential.refresh_token))
     pk = canary_credential.pk
     if corruption == "wrong-keys":
         settings.FERNET_KEYS = ["a-key-that-never-encrypted-anything"]
+        # Another row reads under this list, so this row alone was written under a key since
+        # lost: its own problem. (When no row reads, the process is at fault: test_keyprobe.)
+        make_credential(make_user(), status=SliceCredential.Status.NEEDS_REAUTH)
     else:
         _set_raw_column(pk, corruption.split("-")[1] + "_token", b"not-a-fernet-token")
     before = raw_row(pk)

@@ -36,7 +36,8 @@ from .raw import write_raw_tokens as write_raw
 
 pytestmark = pytest.mark.django_db
 
-K1, K2, K3 = "rotation-key-one", "rotation-key-two", "rotation-key-three"
+K1, K2, K3 = (f"rotation-key-{n}-long-enough-to-be-a-secret" for n in ("one", "two", "three"))
+WRONG = "not-a-key-we-ever-used-for-anything-at-all"
 COMMAND = "slice_connect_rotate_keys"
 Command = rotate_keys.Command
 Raw = tuple[bytes, bytes]
@@ -244,18 +245,27 @@ def test_one_percent_corrupted_rows_are_reported_and_left_alone(count: int) -> N
     assert rotate("--dry-run", "--mark-unreadable", keys=[K2]).count("to mark needs re-link") == 0
 
 
-def test_wrong_key_list_drill_flags_everything_and_rewrites_nothing() -> None:
+def test_wrong_key_list_drill_rewrites_nothing_and_refuses_to_mark_anyone() -> None:
+    """A process whose keys read no row is misconfigured: nobody is marked for that."""
     seed(40)
     before = raw_rows()
-    dry = rotate("--dry-run", "--mark-unreadable", keys=["not-a-key-we-ever-used"])
-    assert dry.count("to mark needs re-link") == 40
-    assert SliceCredential.objects.active().count() == 40
-    run = rotate("--mark-unreadable", keys=["not-a-key-we-ever-used"])
+    run = rotate(keys=[WRONG])
     assert run.count("unreadable with every key") == 40
-    assert run.count("marked needs re-link") == 40
-    assert run.still_old == 0
+    assert run.count("rotated") == 0
     assert raw_rows() == before
-    assert SliceCredential.objects.active().count() == 0
+    for args in (("--dry-run", "--mark-unreadable"), ("--mark-unreadable",)):
+        with pytest.raises(CommandError, match="no key in FERNET_KEYS decrypts any stored"):
+            rotate(*args, keys=[WRONG])
+    assert raw_rows() == before
+    assert SliceCredential.objects.active().count() == 40
+    # With the right key back in the list, the same run marks only what is really broken.
+    rows = raw_rows()
+    bad = sorted(rows)[7]
+    write_raw(bad, flip_bit(rows[bad][0]), rows[bad][1])
+    marked = rotate("--mark-unreadable", keys=[WRONG, K1])
+    assert marked.count("marked needs re-link") == 1
+    assert marked.unreadable_ids == [bad]
+    assert SliceCredential.objects.active().count() == 39
 
 
 # -- crashes and races --------------------------------------------------------------------
@@ -424,10 +434,54 @@ def test_output_and_logs_never_contain_a_token(caplog: pytest.LogCaptureFixture)
 
 def test_lists_at_most_a_hundred_ids_unless_verbose() -> None:
     seed(105)
-    short = rotate(keys=["unknown-key"])
+    short = rotate(keys=[WRONG])
     assert "and 5 more (-v 2 lists all)" in short.out
     assert len(short.unreadable_ids) == 100
-    assert len(rotate("-v", "2", keys=["unknown-key"]).unreadable_ids) == 105
+    assert len(rotate("-v", "2", keys=[WRONG]).unreadable_ids) == 105
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"),
+    [
+        pytest.param(K2, "E005", id="plain-string"),
+        pytest.param([K2, ""], "E006", id="blank"),
+        pytest.param([K2, None], "E006", id="none"),
+        pytest.param([K2, "short-key"], "E008", id="short"),
+        pytest.param([K2, "slice-connect-tests-not-secret"], "E007", id="secret-key"),
+    ],
+)
+@pytest.mark.parametrize("args", [(), ("--dry-run",), ("--mark-unreadable",)], ids=str)
+def test_refuses_to_run_with_invalid_keys(
+    settings: Any, keys: Any, error: str, args: tuple[str, ...]
+) -> None:
+    seed(3)
+    before = raw_rows()
+    settings.SECRET_KEY = "slice-connect-tests-not-secret"
+    settings.FERNET_KEYS = keys
+    out = StringIO()
+    with pytest.raises(CommandError, match=rf"FERNET_KEYS is invalid.*slice_connect\.{error}"):
+        call_command(COMMAND, *args, stdout=out)
+    assert raw_rows() == before
+    assert out.getvalue() == ""
+    assert SliceCredential.objects.active().count() == 3
+
+
+def test_plain_string_keys_would_have_been_one_key_per_character(settings: Any) -> None:
+    """Why E005 refuses: the old field turned a string into a list of one-letter keys."""
+    seed(1)
+    settings.FERNET_KEYS = K1
+    with pytest.raises(CommandError, match="E005"):
+        call_command(COMMAND, stdout=StringIO())
+    assert list(K1)[:3] == ["r", "o", "t"]
+
+
+def test_lists_every_key_problem(settings: Any) -> None:
+    settings.FERNET_KEYS = ["", "short", None]
+    with pytest.raises(CommandError) as caught:
+        call_command(COMMAND, stdout=StringIO())
+    text = str(caught.value)
+    assert text.count("slice_connect.E006") == 2 and text.count("slice_connect.E008") == 1
+    assert "short" not in text.replace("too short", "")
 
 
 @pytest.mark.parametrize("keys", [[], None])

@@ -9,6 +9,8 @@ in the environment by :func:`tests.workers.subprocess_env`:
 * ``SLICE_CONNECT_TEST_SLICE_CONNECT``: JSON of the ``SLICE_CONNECT`` dict, i.e. the live
   server's sandbox URLs, the client registered for the running test and any renewal knobs
   (``RENEW_SPREAD``, ``RENEW_RATE_LIMIT``, ...);
+* ``SLICE_CONNECT_TEST_FERNET_KEYS`` (optional): JSON of the process's ``FERNET_KEYS``, for a
+  process started with other keys than the test's;
 * ``SLICE_CONNECT_TEST_CELERY_QUEUE``: the queue of the running test. Test runs in parallel
   (tox environments, developers) share the Redis database, so each worker test publishes
   and consumes on a queue of its own (the sweep's renewals land there too).
@@ -26,6 +28,9 @@ if os.environ.get("SLICE_CONNECT_TEST_DATABASE"):
     DATABASES = {"default": json.loads(os.environ["SLICE_CONNECT_TEST_DATABASE"])}
 if os.environ.get("SLICE_CONNECT_TEST_SLICE_CONNECT"):
     SLICE_CONNECT = json.loads(os.environ["SLICE_CONNECT_TEST_SLICE_CONNECT"])
+if "SLICE_CONNECT_TEST_FERNET_KEYS" in os.environ:
+    # A process started with other keys than the test's (a worker without the key).
+    FERNET_KEYS = json.loads(os.environ["SLICE_CONNECT_TEST_FERNET_KEYS"])
 if os.environ.get("SLICE_CONNECT_TEST_CELERY_QUEUE"):
     CELERY_TASK_DEFAULT_QUEUE = os.environ["SLICE_CONNECT_TEST_CELERY_QUEUE"]
     # Nothing but this test's own messages reaches the worker (no broadcast commands).

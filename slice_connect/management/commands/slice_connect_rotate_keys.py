@@ -15,33 +15,19 @@ from typing import Any
 from cryptography.fernet import InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 
-from slice_connect import services
+from slice_connect import checks, keyprobe, services
 from slice_connect.fields import current_fernet, primary_fernet
+from slice_connect.keyprobe import RawRow, raw_token_rows
 from slice_connect.models import TOKEN_FIELDS, SliceCredential
+
+__all__ = ["Command", "Plan", "Report", "plan_row", "raw_token_rows"]
 
 logger = logging.getLogger("slice_connect.rotate_keys")
 
 #: Unreadable ids listed at the default verbosity; ``-v 2`` lists them all.
 MAX_IDS_SHOWN = 100
-
-RawRow = tuple[bytes | None, ...]
-
-
-def raw_token_rows(queryset: models.QuerySet[SliceCredential]) -> Iterator[tuple[int, RawRow]]:
-    """Yield ``(pk, (access bytes, refresh bytes))`` of ``queryset`` without decrypting.
-
-    The columns are selected through an expression typed as a plain ``BinaryField``, so the
-    token field's ``from_db_value`` (the decryption) never runs. (Not ``Cast``: MySQL has no
-    ``CAST(... AS longblob)``.)
-    """
-    raw = {
-        f"raw_{name}": models.ExpressionWrapper(models.F(name), output_field=models.BinaryField())
-        for name in TOKEN_FIELDS
-    }
-    for pk, *values in queryset.annotate(**raw).values_list("pk", *raw):
-        yield pk, tuple(None if v is None else bytes(v) for v in values)
 
 
 def _column(name: str) -> str:
@@ -106,6 +92,15 @@ class Report:
     still_old: int = 0
 
 
+def refuse_invalid_keys() -> None:
+    """Raise ``CommandError`` listing every problem of ``FERNET_KEYS`` (checks E005-E008)."""
+    problems = checks.check_fernet_keys()
+    errors = [message for message in problems if message.is_serious()]
+    if errors:
+        listed = "; ".join(f"{message.id}: {message.msg}" for message in errors)
+        raise CommandError(f"FERNET_KEYS is invalid, nothing was changed. {listed}")
+
+
 class Command(BaseCommand):
     help = (
         "Re-encrypt every Slice credential's tokens under the first key of FERNET_KEYS, in "
@@ -135,12 +130,20 @@ class Command(BaseCommand):
                 "FERNET_KEYS is not set: refusing to rotate tokens onto SECRET_KEY. Put a new "
                 "key first in FERNET_KEYS, keeping the old ones after it."
             )
+        refuse_invalid_keys()
         batch_size = options["batch_size"]
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
         dry_run: bool = options["dry_run"]
         mark: bool = options["mark_unreadable"]
         verbose = options["verbosity"] >= 2
+        if mark:
+            fault = keyprobe.process_fault()
+            if fault is not None:
+                raise CommandError(
+                    f"Refusing to mark anything: {fault}. This process's FERNET_KEYS are "
+                    "wrong or incomplete (a user is never marked for that); fix them first."
+                )
         keys = len(settings.FERNET_KEYS)
         self.stdout.write(
             f"{'Dry run: rotating' if dry_run else 'Rotating'} tokens to the first of {keys} "
