@@ -1,0 +1,1 @@
+"""Optional integrations with third-party tools (each imports its tool only when used)."""
