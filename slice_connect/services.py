@@ -104,32 +104,35 @@ def link(user: Any, tokens: oauth.TokenSet, request: HttpRequest | None = None) 
     }
     # The old refresh token is loaded (not the access token): a re-link revokes it.
     current = SliceCredential.objects.select_for_update().defer("access_token")
-    with transaction.atomic():
-        credential = current.filter(user=user).first()
-        created = credential is None
-        if created:
-            try:
-                with transaction.atomic():
+    for last_try in (False, True):
+        try:
+            with transaction.atomic():
+                credential = current.filter(user=user).first()
+                created = credential is None
+                if created:
                     credential = SliceCredential.objects.create(user=user, **values)
-            except IntegrityError:
-                # Another request linked the same user first: update that row instead.
-                credential = current.get(user=user)
-                created = False
-        if not created:
-            assert credential is not None
-            _revoke_on_commit(credential.refresh_token, keep=tokens.refresh_token)
-            for name, value in values.items():
-                setattr(credential, name, value)
-            credential.version += 1
-            credential.save()
-        assert credential is not None
-        _send_on_commit(
-            signals.credential_linked,
-            credential=credential,
-            user=user,
-            created=created,
-            request=request,
-        )
+                else:
+                    assert credential is not None
+                    _revoke_on_commit(credential.refresh_token, keep=tokens.refresh_token)
+                    for name, value in values.items():
+                        setattr(credential, name, value)
+                    credential.version += 1
+                    credential.save()
+                _send_on_commit(
+                    signals.credential_linked,
+                    credential=credential,
+                    user=user,
+                    created=created,
+                    request=request,
+                )
+            break
+        except IntegrityError:
+            # Another request linked the same user first (there was no row to lock): the
+            # whole block rolled back (a savepoint inside a caller's transaction); once
+            # more, now updating that request's row.
+            if last_try:
+                raise
+            logger.info("User %s was linked by a concurrent request; updating its row.", user.pk)
     logger.info("Linked Slice credential %s (user %s).", credential.pk, credential.user_id)
     return credential
 
