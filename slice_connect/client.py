@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -13,12 +13,12 @@ import requests
 from django.contrib.auth.models import AbstractBaseUser
 from django.views.decorators.debug import sensitive_variables
 
-from . import services
+from . import http, services
 from .conf import app_settings
 from .exceptions import ApiError, NeedsReauth, NotLinked, TransientError
 from .fields import UnreadableToken
+from .http import retry_after_seconds
 from .models import SliceCredential
-from .oauth import read_body, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +32,16 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
-def _total_seconds(timeout: Any) -> float:
-    """connect + read of a requests ``timeout`` (one number is both); inf when unbounded."""
+def _timeout_pair(timeout: Any) -> tuple[float, float]:
+    """A caller's ``timeout`` as (connect, read); the configured one when it is unusable."""
     parts = timeout if isinstance(timeout, tuple) else (timeout, timeout)
     try:
-        return sum(math.inf if part is None else float(part) for part in parts)
+        connect, read = (float(part) for part in parts)
     except (TypeError, ValueError):
-        return math.inf
+        return app_settings.HTTP_TIMEOUT
+    if not all(math.isfinite(t) and t > 0 for t in (connect, read)):
+        return app_settings.HTTP_TIMEOUT
+    return connect, read
 
 
 class SliceClient:
@@ -63,9 +66,9 @@ class SliceClient:
                 self.credential = SliceCredential.objects.get(user=user_or_credential)
             except SliceCredential.DoesNotExist:
                 raise NotLinked("This user has not linked a Slice account.") from None
-        self.session = session or requests.Session()
-        # Redirects are handled here, so the bearer token never follows one off-origin.
-        self.session.trust_env = False
+        # Every call goes through slice_connect.http: a wall-clock deadline, bodies decoded
+        # and capped, redirects handled here (so the bearer token never goes off-origin).
+        self.session = http.mount(session or requests.Session())
 
     def __repr__(self) -> str:
         return f"<SliceClient credential={self.credential.pk}>"
@@ -109,25 +112,44 @@ class SliceClient:
     ) -> Iterator[dict[str, Any]]:
         """Yield every row of ``orders``, ``items`` or ``shipments``, page by page.
 
-        Pages until one returns fewer than ``limit`` rows, as Slice's docs describe.
+        Pages until one returns fewer than ``limit`` rows, as Slice's docs describe. Stops
+        with :class:`ApiError` (code ``repeated_page``) when a page repeats the previous one
+        (a server ignoring ``offset`` would loop for ever) and (code ``too_many_pages``)
+        after ``API_MAX_PAGES`` pages.
         """
         if resource not in PAGED_COLLECTIONS:
             raise ValueError(f"{resource!r} is not one of {', '.join(PAGED_COLLECTIONS)}.")
         if not 0 < limit <= 1000:
             raise ValueError("limit must be between 1 and 1000.")
+        max_pages = app_settings.API_MAX_PAGES
         offset = 0
-        while True:
+        previous: str | None = None
+        for _page in range(max_pages):
             query = dict(params, limit=limit, offset=offset)
             if since is not None:
                 query["since"] = since
-            body = self.get(resource, **query)
-            rows = body.get("result") if isinstance(body, dict) else None
+            response = self.request("GET", resource, params=query)
+            rows = self._json(response)
+            rows = rows.get("result") if isinstance(rows, dict) else None
             if not isinstance(rows, list):
                 raise ApiError("Slice returned a page without a result list.", status_code=200)
+            digest = hashlib.sha256(response.content).hexdigest()
+            if rows and digest == previous:
+                raise ApiError(
+                    f"Slice returned the same page of {resource} twice; stopped paging.",
+                    status_code=200,
+                    code="repeated_page",
+                )
+            previous = digest
             yield from rows
             if len(rows) < limit:
                 return
             offset += len(rows)
+        raise ApiError(
+            f"Stopped paging {resource} after {max_pages} pages (API_MAX_PAGES).",
+            status_code=200,
+            code="too_many_pages",
+        )
 
     def url_for(self, path: str) -> str:
         """Resolve ``path`` against ``API_BASE_URL``; refuse URLs on any other origin."""
@@ -155,41 +177,34 @@ class SliceClient:
     @sensitive_variables()  # the token, the headers, and the HTTP stack's frames below
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         token = self.credential.access_token
-        if not isinstance(token, str):
+        if not isinstance(token, str) or not token:
             services.renew(self.credential)
             token = self.credential.access_token
+            if not isinstance(token, str) or not token:
+                raise TransientError("Slice issued no usable access token.", code="no_access_token")
         self._used_version = self.credential.version
         headers = dict(kwargs.pop("headers", None) or {})
         headers["Authorization"] = f"Bearer {token}"
         headers.setdefault("Accept", "application/json")
-        if kwargs.get("timeout") is None:
-            # Never without a timeout, even if a caller passes timeout=None.
-            kwargs["timeout"] = app_settings.HTTP_TIMEOUT
-        stream = kwargs.pop("stream", False)
+        if kwargs.pop("stream", False):
+            raise TypeError("SliceClient reads every answer (capped); stream=True is refused.")
+        kwargs.pop("allow_redirects", None)
+        # One deadline for the whole call; never without one, even if timeout=None is passed.
+        timeout = _timeout_pair(kwargs.pop("timeout", None))
         for _hop in range(MAX_REDIRECTS + 1):
-            # The read timeout restarts with every byte; the body is read by this deadline.
-            deadline = time.monotonic() + _total_seconds(kwargs["timeout"])
-            try:
-                response = self.session.request(
-                    method, url, headers=headers, allow_redirects=False, stream=True, **kwargs
-                )
-                if not stream and not response.is_redirect:
-                    try:
-                        response._content = read_body(response, deadline)
-                    except requests.RequestException:
-                        response.close()
-                        raise
-            except requests.RequestException as exc:
-                if isinstance(exc, requests.exceptions.SSLError):
-                    logger.error("TLS failure on the Slice API (%s).", type(exc).__name__)
-                code = "timeout" if isinstance(exc, requests.Timeout) else "connection_error"
-                raise TransientError(
-                    f"Slice API unreachable ({type(exc).__name__}).", code=code
-                ) from None
+            response = http.send(
+                method,
+                url,
+                headers=headers,
+                timeout=timeout,
+                limit=app_settings.API_MAX_RESPONSE_BYTES,
+                what="Slice API call",
+                session=self.session,
+                **kwargs,
+            )
             if not response.is_redirect:
                 return response
             target = urljoin(url, response.headers.get("Location", ""))
-            response.close()
             if _origin(target) != _origin(app_settings.API_BASE_URL):
                 raise ApiError(
                     "Slice redirected to another origin; not followed.",
@@ -218,6 +233,8 @@ class SliceClient:
     @staticmethod
     def _json(response: requests.Response) -> Any:
         try:
-            return response.json()
+            return http.decode_json(response.content)
         except ValueError:
-            raise ApiError("Slice API answered with invalid JSON.", status_code=200) from None
+            raise ApiError(
+                "Slice API answered with invalid JSON.", status_code=response.status_code
+            ) from None

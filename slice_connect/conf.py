@@ -27,6 +27,8 @@ DEFAULTS: dict[str, Any] = {
     "REDIRECT_URI": None,
     "USE_PKCE": True,
     "HTTP_TIMEOUT": (3.05, 10.0),
+    "API_MAX_RESPONSE_BYTES": 10 * 1024 * 1024,
+    "API_MAX_PAGES": 1000,
     "LINK_SUCCESS_URL": "/",
     "STATE_TTL": 600,
     "MAX_PENDING_STATES": 10,
@@ -157,6 +159,22 @@ class AppSettings:
                 "pair of them."
             )
         return pair
+
+    @property
+    def API_MAX_RESPONSE_BYTES(self) -> int:
+        """Largest API answer read (decoded bytes); larger ones raise ResponseTooLarge."""
+        return self._positive_int("API_MAX_RESPONSE_BYTES")
+
+    @property
+    def API_MAX_PAGES(self) -> int:
+        """Most pages ``SliceClient.iter_collection`` fetches before it stops with an error."""
+        return self._positive_int("API_MAX_PAGES")
+
+    def _positive_int(self, key: str) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ImproperlyConfigured(f"{SETTING_NAME}['{key}'] must be a positive integer.")
+        return value
 
     @property
     def LINK_SUCCESS_URL(self) -> str:

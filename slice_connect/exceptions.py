@@ -116,3 +116,19 @@ class ResponseLost(TransientError):
     """
 
     code = "response_lost"
+
+
+class ResponseTooLarge(ApiError):
+    """Slice's answer was larger than the cap; it was refused without reading the rest.
+
+    The token endpoints are capped at 64 KiB; the API at ``API_MAX_RESPONSE_BYTES``. For a
+    refresh, an oversized answer counts as lost (:class:`ResponseLost`): Slice may have
+    rotated the token.
+    """
+
+    code = "response_too_large"
+
+    def __init__(self, message: str = "", *, status_code: int, limit: int) -> None:
+        super().__init__(message, status_code=status_code)
+        #: The cap, in decoded bytes.
+        self.limit = limit

@@ -1,58 +1,51 @@
 """HTTP to Slice's OAuth endpoints: authorization URL, code exchange, refresh, revoke.
 
-Nothing here touches the database. Every call has an explicit timeout, never follows a
-redirect, verifies TLS, sends the client credentials in the form body (as Slice documents)
-and turns every failure into one of the errors in :mod:`slice_connect.exceptions`.
+Nothing here touches the database. Every call goes through :mod:`slice_connect.http` (one
+bounded transport: a wall-clock deadline, decoded and capped bodies, no redirects, TLS
+verified), sends the client credentials in the form body (as Slice documents) and turns
+every failure into one of the errors in :mod:`slice_connect.exceptions`.
 """
 
 from __future__ import annotations
 
 import base64
-import email.utils
+import codecs
 import hashlib
-import json
 import logging
 import math
-import ssl
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import requests
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 from requests_oauthlib import OAuth2Session
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    DecodeError,
-    MaxRetryError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
-from urllib3.exceptions import SSLError as Urllib3SSLError
-from urllib3.util.ssl_match_hostname import CertificateError
 
+from . import http
 from .conf import app_settings
 from .exceptions import (
     ConfigurationError,
     InvalidTokenResponse,
     ResponseLost,
+    ResponseTooLarge,
     SliceConnectError,
     TokenRequestFailed,
     TransientError,
 )
+from .http import retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
 #: Token responses are small; anything larger is refused unread.
 MAX_RESPONSE_BYTES = 64 * 1024
-MAX_TOKEN_LENGTH = 4096
+#: Longest token accepted: room for JWTs with many claims, far below the response cap.
+MAX_TOKEN_LENGTH = 16 * 1024
 #: Used when Slice omits ``expires_in`` (its documented access-token lifetime).
 DEFAULT_EXPIRES_IN = 3600
+#: Lifetime given to an access token whose ``expires_in`` is odd (zero, negative, absurd,
+#: not a number): trusted only briefly, so the next use after it renews.
+ODD_EXPIRES_IN = 300
 
 CONFIGURATION_ERRORS = frozenset(
     {"invalid_client", "unauthorized_client", "unsupported_grant_type", "invalid_scope"}
@@ -70,6 +63,8 @@ class TokenSet:
     received_at: datetime
     refresh_expires_in: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: What was odd about the answer (field names and kinds, never values).
+    odd: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -131,102 +126,120 @@ def authorization_url(*, state: str, redirect_uri: str, use_pkce: bool) -> str:
 
 
 # -- token endpoint --------------------------------------------------------------------
+#
+# Token requests go through slice_connect.http (one bounded transport), not through
+# requests-oauthlib's OAuth2Session.fetch_token/refresh_token: those log the token answer at
+# DEBUG, validate it their own way (refusing answers we must keep, see
+# parse_token_response) and cannot tell "never sent" from "sent, answer lost".
 
 
-def _tls_error_before_sending(exc: requests.exceptions.SSLError) -> bool:
-    """Whether a TLS error surely happened before the request was sent.
-
-    A certificate that fails verification stops the handshake, so nothing was sent. Any
-    other TLS error may have come after the request went out (a fatal alert, a corrupted
-    record), so it counts as possibly processed: the code is not redeemed again.
-    """
-    error: object = exc.args[0] if exc.args else None
-    for _ in range(4):  # requests SSLError -> MaxRetryError -> urllib3 SSLError -> ssl error
-        if isinstance(error, (ssl.SSLCertVerificationError, CertificateError)):
-            return True
-        if isinstance(error, MaxRetryError):
-            error = error.reason
-        elif isinstance(error, Urllib3SSLError):
-            error = error.args[0] if error.args else None
-        else:
-            break
-    return isinstance(error, (ssl.SSLCertVerificationError, CertificateError))
+def _vschar(value: Any, *, maximum: int) -> str | None:
+    """``value`` if it is a token RFC 6749 allows (visible ASCII, 1..maximum characters)."""
+    if isinstance(value, str) and 0 < len(value) <= maximum:
+        if value.isascii() and value.isprintable():
+            return value
+    return None
 
 
-def _definitely_not_sent(exc: requests.RequestException) -> bool:
-    """True when the request cannot have reached the server (connect-phase failure)."""
-    if isinstance(exc, requests.exceptions.SSLError):
-        return _tls_error_before_sending(exc)
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    if isinstance(exc, requests.ConnectionError) and exc.args:
-        reason = getattr(exc.args[0], "reason", exc.args[0])
-        return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
-    return False
+def _refresh_token_string(value: Any) -> str | None:
+    """A refresh token we can send back: any printable text (it travels in a form body)."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_TOKEN_LENGTH and value.isprintable():
+        return value
+    return None
 
 
-def retry_after_seconds(response: requests.Response) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta or HTTP-date), or ``None``."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - timezone.now()).total_seconds())
-
-
-def read_body(
-    response: requests.Response, deadline: float, *, limit: int | None = None
-) -> bytes | None:
-    """Read a streamed body by ``deadline`` (``time.monotonic``); ``None`` past ``limit`` bytes.
-
-    requests' read timeout restarts with every byte, and ``iter_content`` blocks until a
-    whole chunk has arrived, so a server dripping bytes would hold the call for ever. Here
-    each socket read returns what has arrived and waits at most the time left.
-    """
-    raw = response.raw
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
-    read_timeout = sock.gettimeout() if sock is not None else None
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise requests.ReadTimeout("The response took longer than the timeout.")
-        if sock is not None:
-            wait = left if read_timeout is None else min(read_timeout, left)
-            sock.settimeout(None if math.isinf(wait) else wait)
+def _expires_in(data: dict[str, Any], odd: list[str]) -> int:
+    """The access token's lifetime in seconds; odd values give a short, safe lifetime."""
+    if "expires_in" not in data:
+        odd.append("expires_in missing")
+        return DEFAULT_EXPIRES_IN
+    value = data["expires_in"]
+    if isinstance(value, str) and value.strip().isascii():
         try:
-            chunk = raw.read1(8192)
-        except ReadTimeoutError as exc:
-            raise requests.ReadTimeout(exc) from None
-        except Urllib3SSLError as exc:
-            raise requests.exceptions.SSLError(exc) from None
-        except ProtocolError as exc:
-            raise requests.exceptions.ChunkedEncodingError(exc) from None
-        except DecodeError as exc:
-            raise requests.exceptions.ContentDecodingError(exc) from None
-        except Urllib3HTTPError as exc:
-            raise requests.ConnectionError(exc) from None
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if limit is not None and size > limit:
-            return None
-        chunks.append(chunk)
+            value = float(value.strip())
+        except ValueError:
+            pass
+        else:
+            odd.append("expires_in is a string")
+    if isinstance(value, float) and math.isfinite(value) and value >= 1:
+        if not value.is_integer():
+            odd.append("expires_in is fractional")
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 < value <= app_settings.MAX_EXPIRES_IN:
+            return value
+    odd.append("expires_in out of range")
+    return ODD_EXPIRES_IN
+
+
+def parse_token_response(
+    body: bytes, *, content_type: str, require_refresh_token: bool, received_at: datetime
+) -> TokenSet:
+    """Read a 200 token answer: strict about what we trust, never careless with a token.
+
+    A well-formed new ``refresh_token`` is kept whatever else is odd (``expires_in``,
+    ``token_type``, the media type, a BOM, an unusable access token): losing it would cut the
+    user off at a server that rotates. What is odd is not trusted (an odd lifetime becomes
+    :data:`ODD_EXPIRES_IN`, an unusable access token an expired one) and is listed, by name
+    only, in :attr:`TokenSet.odd`. Raises :class:`InvalidTokenResponse` only when nothing
+    usable is left.
+    """
+    odd: list[str] = []
+    if not http.is_json_media_type(content_type):
+        odd.append("content type is not JSON")
+    if body.startswith(codecs.BOM_UTF8):
+        odd.append("byte order mark")
+    try:
+        data = http.decode_json(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        code = "malformed_json" if http.is_json_media_type(content_type) else "not_json"
+        raise InvalidTokenResponse("Token response is not a JSON object.", code=code)
+    refresh_token: str | None = None
+    if data.get("refresh_token") is not None:
+        refresh_token = _refresh_token_string(data["refresh_token"])
+        if refresh_token is None:
+            raise InvalidTokenResponse("refresh_token is not a token.", code="bad_refresh_token")
+    if require_refresh_token and refresh_token is None:
+        raise InvalidTokenResponse("Token response has no refresh_token.", code="no_refresh_token")
+    access_token = _vschar(data.get("access_token"), maximum=MAX_TOKEN_LENGTH)
+    token_type = data.get("token_type", "bearer")
+    if "token_type" not in data:
+        odd.append("token_type missing")
+    bearer = isinstance(token_type, str) and token_type.lower() == "bearer"
+    if access_token is None or not bearer:
+        problem = "no usable access_token" if access_token is None else "token_type not Bearer"
+        if refresh_token is None:
+            code = "no_token" if access_token is None else "bad_token_type"
+            raise InvalidTokenResponse(f"Token response has {problem}.", code=code)
+        # Keep the refresh token; the access token counts as already expired.
+        odd.append(problem)
+        access_token, expires_in = "", 0
+    else:
+        expires_in = _expires_in(data, odd)
+    refresh_expires_in = None
+    if "refresh_token_expires_in" in data:
+        refresh_expires_in = _positive_int(
+            data["refresh_token_expires_in"], maximum=app_settings.MAX_EXPIRES_IN
+        )
+        if refresh_expires_in is None:
+            odd.append("refresh_token_expires_in out of range")
+    return TokenSet(
+        access_token=access_token,
+        refresh_token=refresh_token,
+        token_type="bearer",
+        expires_in=expires_in,
+        received_at=received_at,
+        refresh_expires_in=refresh_expires_in,
+        odd=tuple(odd),
+    )
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        data = http.decode_json(body)
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -242,63 +255,21 @@ def _positive_int(value: Any, *, maximum: int) -> int | None:
     return None
 
 
-def _token_string(value: Any) -> str | None:
-    if isinstance(value, str) and 0 < len(value) <= MAX_TOKEN_LENGTH and value.isprintable():
-        return value
-    return None
-
-
-def parse_token_response(
-    body: bytes, *, content_type: str, require_refresh_token: bool, received_at: datetime
-) -> TokenSet:
-    """Validate a 200 token response strictly and return it as a :class:`TokenSet`."""
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise InvalidTokenResponse("Token response is not JSON.", code="not_json")
-    data = _json_object(body)
-    if data is None:
-        raise InvalidTokenResponse("Token response is not a JSON object.", code="malformed_json")
-    access_token = _token_string(data.get("access_token"))
-    if access_token is None:
-        raise InvalidTokenResponse("Token response has no usable access_token.", code="no_token")
-    token_type = data.get("token_type", "bearer")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise InvalidTokenResponse("Token type is not Bearer.", code="bad_token_type")
-    maximum = app_settings.MAX_EXPIRES_IN
-    if "expires_in" in data:
-        expires_in = _positive_int(data["expires_in"], maximum=maximum)
-        if expires_in is None:
-            raise InvalidTokenResponse("expires_in is missing or out of range.", code="bad_expiry")
-    else:
-        expires_in = DEFAULT_EXPIRES_IN
-    refresh_token: str | None = None
-    if data.get("refresh_token") is not None:
-        refresh_token = _token_string(data["refresh_token"])
-        if refresh_token is None:
-            raise InvalidTokenResponse("refresh_token is not a token.", code="bad_refresh_token")
-    if require_refresh_token and refresh_token is None:
-        raise InvalidTokenResponse("Token response has no refresh_token.", code="no_refresh_token")
-    refresh_expires_in = None
-    if refresh_token is not None and "refresh_token_expires_in" in data:
-        refresh_expires_in = _positive_int(data["refresh_token_expires_in"], maximum=maximum)
-    return TokenSet(
-        access_token=access_token,
-        refresh_token=refresh_token,
-        token_type="bearer",
-        expires_in=expires_in,
-        received_at=received_at,
-        refresh_expires_in=refresh_expires_in,
-    )
-
-
-def _error_for(response: requests.Response, body: bytes) -> SliceConnectError:
-    """Map a non-200 token response onto the error taxonomy."""
-    status = response.status_code
-    if status == 429 or status >= 500:
+def _error_for(status: int, body: bytes, retry_after: float | None) -> SliceConnectError:
+    """Map a non-200 token answer onto the error taxonomy."""
+    if status >= 500:
+        # A gateway's 502/504 after the upstream rotated, or a 500 after a commit: the
+        # request may have been processed, so it counts as a lost answer (see README).
+        return ResponseLost(
+            f"Slice's token endpoint answered HTTP {status}.",
+            code=f"http_{status}",
+            retry_after=retry_after,
+        )
+    if status == 429:
         return TransientError(
             f"Slice's token endpoint answered HTTP {status}.",
             code=f"http_{status}",
-            retry_after=retry_after_seconds(response),
+            retry_after=retry_after,
         )
     if 300 <= status < 400:
         return InvalidTokenResponse(
@@ -324,55 +295,48 @@ def post_token_request(data: dict[str, str], *, require_refresh_token: bool) -> 
     """POST one token request (no retries) and return the validated answer.
 
     Raises :class:`ResponseLost` when the request may have been processed by Slice but no
-    usable answer arrived, :class:`TransientError` when it surely was not processed, and the
-    other errors of the taxonomy for definite refusals.
+    usable answer arrived (no answer, a 5xx, an unusable 200), :class:`TransientError` when
+    it surely was not processed, and the other errors of the taxonomy for definite refusals.
     """
-    connect, read = app_settings.HTTP_TIMEOUT
-    deadline = time.monotonic() + connect + read
     body = dict(data, client_id=app_settings.CLIENT_ID, client_secret=app_settings.CLIENT_SECRET)
     grant_type = data.get("grant_type", "?")
+    what = f"Token request ({grant_type})"
     try:
-        with requests.post(
+        response = http.send(
+            "POST",
             app_settings.TOKEN_URL,
             data=body,
             headers={"Accept": "application/json"},
-            timeout=(connect, read),
-            allow_redirects=False,
-            stream=True,
-        ) as response:
-            content = read_body(response, deadline, limit=MAX_RESPONSE_BYTES)
-    except requests.RequestException as exc:
-        kind = type(exc).__name__
-        if _definitely_not_sent(exc):
-            logger.warning("Token request (%s) failed before sending: %s", grant_type, kind)
-            if isinstance(exc, requests.exceptions.SSLError):
-                logger.error("TLS verification of Slice's token endpoint failed.")
-            raise TransientError(f"Could not reach Slice ({kind}).", code="connect_error") from None
-        if isinstance(exc, requests.exceptions.SSLError):
-            logger.error("TLS failure on Slice's token endpoint after the request was sent.")
-        logger.warning("Token request (%s) sent but no answer: %s", grant_type, kind)
-        raise ResponseLost(f"No answer from Slice ({kind}).") from None
-    received_at = timezone.now()
-    if response.status_code != 200:
-        error = _error_for(response, content or b"")
-        logger.warning(
-            "Token request (%s) refused: HTTP %s, %s", grant_type, response.status_code, error.code
+            timeout=app_settings.HTTP_TIMEOUT,
+            limit=MAX_RESPONSE_BYTES,
+            what=what,
         )
+    except ResponseTooLarge as exc:
+        if exc.status_code == 200:
+            raise ResponseLost("Token response too large.", code="response_too_large") from None
+        status, content, retry_after = exc.status_code, b"", None
+    else:
+        status, content = response.status_code, response.content
+        retry_after = retry_after_seconds(response)
+    received_at = timezone.now()
+    if status != 200:
+        error = _error_for(status, content, retry_after)
+        logger.warning("%s refused: HTTP %s, %s", what, status, error.code)
         raise error
-    if content is None:
-        logger.warning("Token request (%s) got an oversized 200 answer.", grant_type)
-        raise ResponseLost("Token response too large.", code="response_too_large")
     try:
-        return parse_token_response(
+        tokens = parse_token_response(
             content,
             content_type=response.headers.get("Content-Type", ""),
             require_refresh_token=require_refresh_token,
             received_at=received_at,
         )
     except InvalidTokenResponse as exc:
-        logger.warning("Token request (%s) got an invalid 200 answer: %s", grant_type, exc.code)
+        logger.warning("%s got an unusable 200 answer: %s", what, exc.code)
         # Slice said 200, so it may have issued (and rotated) tokens we cannot use.
         raise ResponseLost(str(exc), code=exc.code) from None
+    if tokens.odd:
+        logger.warning("%s: odd answer (%s); kept what was usable.", what, "; ".join(tokens.odd))
+    return tokens
 
 
 @sensitive_variables("code", "state", "verifier", "data")
@@ -407,7 +371,10 @@ def refresh(refresh_token: str) -> TokenSet:
 
 @sensitive_variables()  # every local, and the HTTP stack's frames below (kwargs["data"])
 def revoke(token: str, *, token_type_hint: str = "refresh_token") -> bool:
-    """Ask Slice to revoke ``token`` (best effort). Returns whether Slice confirmed it."""
+    """Ask Slice to revoke ``token`` (best effort). Returns whether Slice confirmed it.
+
+    Bounded like every call (one budget, capped answer), so an unlink never hangs on it.
+    """
     url = app_settings.REVOKE_URL
     if not url:
         return False
@@ -418,11 +385,16 @@ def revoke(token: str, *, token_type_hint: str = "refresh_token") -> bool:
         "client_secret": app_settings.CLIENT_SECRET,
     }
     try:
-        response = requests.post(
-            url, data=data, timeout=app_settings.HTTP_TIMEOUT, allow_redirects=False
+        response = http.send(
+            "POST",
+            url,
+            data=data,
+            timeout=app_settings.HTTP_TIMEOUT,
+            limit=MAX_RESPONSE_BYTES,
+            what="Token revocation",
         )
-    except requests.RequestException as exc:
-        logger.warning("Revoking a Slice token failed: %s", type(exc).__name__)
+    except (TransientError, ResponseTooLarge) as exc:
+        logger.warning("Revoking a Slice token failed: %s", exc.code)
         return False
     if response.status_code == 200:
         return True

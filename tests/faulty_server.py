@@ -12,6 +12,16 @@ ephemeral port; every connection is served by its own thread according to a :cla
 * ``slow_close``  -- send the full response (with ``Content-Length``), keep the socket open.
 * ``garbage``     -- (TLS) read the request, then write bytes that are no TLS record under
   the TLS layer: the client fails with a TLS error *after* its request was sent.
+* ``drip_status`` -- send the whole answer one byte every ``drip_interval`` s, starting with
+  the status line (each byte well inside the read timeout).
+* ``drip_headers`` -- send the status line at once, then the headers one byte at a time.
+* ``endless_body`` -- a chunked body of JSON whitespace, as fast as the client reads, until
+  it hangs up.
+* ``bomb``        -- a chunked gzip body that inflates to ``bomb_bytes`` of zeros (a
+  compression bomb), produced as fast as the client reads.
+
+``answer`` with ``encoding="gzip"`` or ``"deflate"`` compresses ``body`` and says so in
+``Content-Encoding`` (whatever the client asked for, as some proxies do).
 
 Loopback helpers for the connect phase: :func:`closed_port` (connection refused) and
 :class:`Blackhole` (a listener that never accepts, its backlog full: connects time out).
@@ -21,6 +31,7 @@ Nothing here ever touches a non-loopback address.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import ipaddress
 import json
 import random
@@ -29,6 +40,7 @@ import ssl
 import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -46,7 +58,17 @@ REQUEST_READ_TIMEOUT = 5.0
 MAX_REQUEST_BYTES = 64 * 1024
 
 Mode = Literal[
-    "answer", "never_answer", "reset", "cut_mid_body", "slow_drip", "slow_close", "garbage"
+    "answer",
+    "never_answer",
+    "reset",
+    "cut_mid_body",
+    "slow_drip",
+    "slow_close",
+    "garbage",
+    "drip_status",
+    "drip_headers",
+    "endless_body",
+    "bomb",
 ]
 
 
@@ -73,6 +95,10 @@ class Fault:
     drip_interval: float = 0.3
     #: Declared length of the dripped body (the drip never gets there).
     drip_length: int = 4096
+    #: ``answer``: "gzip" or "deflate" compresses the body (and says so).
+    encoding: str = ""
+    #: ``bomb``: decoded size of the body.
+    bomb_bytes: int = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -207,7 +233,37 @@ class FaultyServer:
                 pause = fault.delay + self._random.uniform(-fault.jitter, fault.jitter)
             if self._stopping.wait(max(0.0, pause)):
                 return
-            sock.sendall(_head(len(fault.body), close=True) + fault.body)
+            body = _encode(fault.body, fault.encoding)
+            sock.sendall(_head(len(body), close=True, encoding=fault.encoding) + body)
+        elif mode in ("drip_status", "drip_headers"):
+            answer = _head(len(fault.body), close=True) + fault.body
+            if mode == "drip_headers":
+                status_line, answer = answer.split(b"\r\n", 1)
+                sock.sendall(status_line + b"\r\n")
+            for byte in answer:
+                if self._stopping.wait(fault.drip_interval):
+                    return
+                sock.sendall(bytes([byte]))
+                with self._lock:
+                    self.dripped += 1
+        elif mode == "endless_body":
+            sock.sendall(_chunked_head())
+            chunk = b" " * 65536
+            frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+            while not self._stopping.is_set():
+                sock.sendall(frame)
+        elif mode == "bomb":
+            sock.sendall(_chunked_head(encoding="gzip"))
+            compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+            zeros = bytes(1 << 20)
+            for _ in range(fault.bomb_bytes >> 20):
+                if self._stopping.is_set():
+                    return
+                data = compressor.compress(zeros)
+                if data:
+                    sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            tail = compressor.flush()
+            sock.sendall(f"{len(tail):x}\r\n".encode() + tail + b"\r\n0\r\n\r\n")
         elif mode == "never_answer":
             self._stopping.wait()
         elif mode == "reset":
@@ -230,16 +286,35 @@ class FaultyServer:
             self._stopping.wait(1.0)
 
 
-def _head(length: int, *, close: bool) -> bytes:
+def _head(length: int, *, close: bool, encoding: str = "") -> bytes:
     lines = [
         "HTTP/1.1 200 OK",
         "Content-Type: application/json",
         f"Content-Length: {length}",
         "Cache-Control: no-store",
     ]
+    if encoding:
+        lines.append(f"Content-Encoding: {encoding}")
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def _chunked_head(encoding: str = "") -> bytes:
+    lines = ["HTTP/1.1 200 OK", "Content-Type: application/json", "Transfer-Encoding: chunked"]
+    if encoding:
+        lines.append(f"Content-Encoding: {encoding}")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def _encode(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(body, mtime=0)
+    if encoding == "deflate":
+        return zlib.compress(body)
+    assert not encoding, encoding
+    return body
 
 
 def _read_request(sock: socket.socket) -> Request | None:

@@ -33,6 +33,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Off unless SLICE_SANDBOX["COMPRESS"] (or SLICE_CONNECT_TEST_COMPRESS) turns it on.
+    "example_project.slice_sandbox.middleware.CompressAnswersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -86,7 +88,9 @@ SLICE_CONNECT = {
     "API_BASE_URL": "https://slice.test/api/v1/",
 }
 
-SLICE_SANDBOX: dict[str, object] = {}
+# SLICE_CONNECT_TEST_COMPRESS=gzip|deflate|django runs every live test against a sandbox
+# that compresses its answers (as .ci/run does once).
+SLICE_SANDBOX: dict[str, object] = {"COMPRESS": os.environ.get("SLICE_CONNECT_TEST_COMPRESS", "")}
 OAUTH2_PROVIDER = oauth2_provider_settings(**SLICE_SANDBOX)
 
 LOGGING = {

@@ -48,7 +48,11 @@ def broker() -> Iterator[Broker]:
 @pytest.fixture
 def sandbox(slice_server: SliceServer, settings: Any) -> SliceServer:
     """Strict rotation, refresh answers slow enough for duplicate deliveries to overlap."""
-    settings.SLICE_SANDBOX = {"TOKEN_DELAY_SECONDS": 0.3, "GRACE_SECONDS": 0}
+    settings.SLICE_SANDBOX = {
+        **settings.SLICE_SANDBOX,
+        "TOKEN_DELAY_SECONDS": 0.3,
+        "GRACE_SECONDS": 0,
+    }
     settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, **RENEWAL_KNOBS}
     return slice_server
 

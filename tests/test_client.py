@@ -309,7 +309,7 @@ def test_429_and_5xx_are_transient(
     ("error", "code"),
     [
         (requests.ConnectionError("refused"), "connection_error"),
-        (requests.ConnectTimeout("connect timed out"), "timeout"),
+        (requests.ConnectTimeout("connect timed out"), "connect_error"),
         (requests.ReadTimeout("read timed out"), "timeout"),
     ],
     ids=["connection-error", "connect-timeout", "read-timeout"],

@@ -118,7 +118,11 @@ def expire_access_token(*pks: int) -> None:
 @pytest.fixture
 def slow_sandbox(slice_server: SliceServer, settings: Any) -> SliceServer:
     """The sandbox with strict rotation (no grace) and slow refresh answers."""
-    settings.SLICE_SANDBOX = {"TOKEN_DELAY_SECONDS": TOKEN_DELAY_SECONDS, "GRACE_SECONDS": 0}
+    settings.SLICE_SANDBOX = {
+        **settings.SLICE_SANDBOX,
+        "TOKEN_DELAY_SECONDS": TOKEN_DELAY_SECONDS,
+        "GRACE_SECONDS": 0,
+    }
     assert settings.OAUTH2_PROVIDER["REFRESH_TOKEN_GRACE_PERIOD_SECONDS"] == 0
     return slice_server
 

@@ -75,7 +75,7 @@ def broker() -> Iterator[Broker]:
 @pytest.fixture
 def sandbox(slice_server: SliceServer, settings: Any) -> SliceServer:
     """Strict rotation (grace 0): a refresh token works once."""
-    settings.SLICE_SANDBOX = {"GRACE_SECONDS": 0}
+    settings.SLICE_SANDBOX = {**settings.SLICE_SANDBOX, "GRACE_SECONDS": 0}
     assert settings.OAUTH2_PROVIDER["REFRESH_TOKEN_GRACE_PERIOD_SECONDS"] == 0
     return slice_server
 
@@ -267,7 +267,7 @@ def test_b_grace_window_killed_after_the_post_loses_nothing(
     start_worker: Callable[..., DrillWorker],
     settings: Any,
 ) -> None:
-    settings.SLICE_SANDBOX = {}
+    settings.SLICE_SANDBOX = {**settings.SLICE_SANDBOX}
     settings.OAUTH2_PROVIDER = oauth2_provider_settings(GRACE_SECONDS=30)
     d = drill()
     broker.publish(RENEW_ONE, d.credential.pk, task_id=str(uuid.uuid4()))

@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "GRACE_SECONDS": 0,
     "PKCE_REQUIRED": True,
     "TOKEN_DELAY_SECONDS": 0,
+    # "", "django", "gzip" or "deflate": see slice_sandbox.middleware (tests switch it live).
+    "COMPRESS": "",
 }
 
 #: ``SLICE_SANDBOX`` key -> the ``OAUTH2_PROVIDER`` key django-oauth-toolkit reads.
