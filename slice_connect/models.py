@@ -28,9 +28,23 @@ class SliceCredentialQuerySet(models.QuerySet["SliceCredential"]):
         return self.defer(*TOKEN_FIELDS)
 
     def due_for_renewal(self, now: datetime | None = None) -> SliceCredentialQuerySet:
-        """Active credentials whose refresh token expires within ``RENEW_WITHIN``."""
+        """Active credentials whose refresh token expires within ``RENEW_WITHIN``.
+
+        Left out: those already renewed inside that window without getting a new refresh
+        token (a server that does not rotate), since renewing them again would change
+        nothing; they come back once expired, to be marked. See ``refresh_token_due``.
+        """
         now = now or timezone.now()
-        return self.active().filter(refresh_token_expires_at__lte=now + app_settings.RENEW_WITHIN)
+        within = app_settings.RENEW_WITHIN
+        window_opened = models.ExpressionWrapper(
+            models.F("refresh_token_expires_at") - within, output_field=models.DateTimeField()
+        )
+        return self.active().filter(
+            models.Q(last_renewed_at__isnull=True)
+            | models.Q(last_renewed_at__lt=window_opened)
+            | models.Q(refresh_token_expires_at__lte=now),
+            refresh_token_expires_at__lte=now + within,
+        )
 
     def iter_ids(self, batch_size: int | None = None) -> Iterator[int]:
         """Yield the ids of this queryset, most urgent refresh deadline first, in batches.
@@ -163,9 +177,21 @@ class SliceCredential(models.Model):
         return self.access_token_expires_at <= now + app_settings.ACCESS_TOKEN_LEEWAY
 
     def refresh_token_due(self, now: datetime | None = None) -> bool:
-        """Whether the refresh token expires within ``RENEW_WITHIN``."""
+        """Whether the refresh token expires within ``RENEW_WITHIN`` and renewing helps.
+
+        A renewal inside that window that brought no new refresh token (the server does not
+        rotate, and stated no new lifetime) leaves nothing to gain from another one before
+        the token expires: the credential is not due again, so the beat does not refresh it
+        on every run. What is due follows what the server actually gave us.
+        """
         now = now or timezone.now()
-        return self.refresh_token_expires_at <= now + app_settings.RENEW_WITHIN
+        within = app_settings.RENEW_WITHIN
+        if self.refresh_token_expires_at > now + within:
+            return False
+        if self.refresh_token_expires_at <= now:
+            return True
+        renewed = self.last_renewed_at
+        return renewed is None or renewed < self.refresh_token_expires_at - within
 
     def needs_renewal(self, now: datetime | None = None) -> bool:
         """Whether :func:`slice_connect.services.renew` would call Slice now."""

@@ -25,6 +25,7 @@ from .exceptions import (
     CredentialUnreadable,
     InvalidTokenResponse,
     NeedsReauth,
+    NotLinked,
     RenewalInTransaction,
     RenewalLockTimeout,
     ResponseLost,
@@ -398,7 +399,17 @@ def _needed(row: SliceCredential, now: datetime, force: bool, seen_version: int 
     return force or row.needs_renewal(now)
 
 
-def _renew(pk: int, *, force: bool, seen_version: int | None) -> RenewalResult:
+def _renew(pk: int | None, *, force: bool, seen_version: int | None) -> RenewalResult:
+    if pk is None:
+        raise NotLinked("This credential has not been saved (or was deleted).")
+    try:
+        return _renew_row(pk, force=force, seen_version=seen_version)
+    except SliceCredential.DoesNotExist:
+        # Unlinked (or the user deleted) while this call was running.
+        raise NotLinked(f"Credential {pk} was deleted.") from None
+
+
+def _renew_row(pk: int, *, force: bool, seen_version: int | None) -> RenewalResult:
     # Phase 1: decide under the lock and journal the attempt, committed before any request,
     # so that a crash after the POST leaves a trace (renewal_started_at) for the next run.
     now = timezone.now()
@@ -527,6 +538,12 @@ def _spend_refresh_token(
     if tokens.refresh_token:
         row.refresh_token = tokens.refresh_token
         row.refresh_token_expires_at = tokens.refresh_token_expires_at
+    else:
+        # Not rotated: the old refresh token stays, with its expiry unless Slice stated a new
+        # one; refresh_token_due() then keeps it from being renewed again for nothing.
+        logger.info("Slice renewed credential %s without rotating its refresh token.", row.pk)
+        if tokens.refresh_expires_in is not None:
+            row.refresh_token_expires_at = tokens.refresh_token_expires_at
     row.token_type = tokens.token_type
     row.access_token_expires_at = tokens.access_token_expires_at
     row.last_renewed_at = now

@@ -18,6 +18,7 @@ from .exceptions import (
     ConfigurationError,
     InvalidTokenResponse,
     NeedsReauth,
+    NotLinked,
     TransientError,
 )
 from .models import SliceCredential
@@ -48,7 +49,7 @@ def renew_credential(self: Any, credential_id: int) -> str:
     """Renew one credential if it is still due; idempotent, so redelivery costs nothing."""
     try:
         result = services.renew_with_result(SliceCredential(pk=credential_id))
-    except SliceCredential.DoesNotExist:
+    except NotLinked:
         return "gone"
     except TransientError as exc:
         if self.request.retries >= app_settings.RENEW_MAX_RETRIES:

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from slice_connect import services
-from slice_connect.exceptions import NeedsReauth, SliceConnectError
+from slice_connect.exceptions import NeedsReauth, NotLinked, SliceConnectError
 from slice_connect.models import SliceCredential
 
 
@@ -86,7 +86,7 @@ class Command(BaseCommand):
     def _renew_one(self, pk: int, force: bool) -> str:
         try:
             result = services.renew_with_result(SliceCredential(pk=pk), force=force)
-        except SliceCredential.DoesNotExist:
+        except NotLinked:
             return "skipped"
         except NeedsReauth as exc:
             self.stderr.write(f"credential {pk}: needs re-link ({exc.reason or exc.code})")
