@@ -492,6 +492,57 @@ def test_iter_collection_rejects_a_page_without_result_list(
             list(client.iter_collection("orders"))
 
 
+@pytest.mark.django_db
+def test_iter_collection_stops_on_a_repeated_page(
+    credential: SliceCredential, slice_mock: responses.RequestsMock
+) -> None:
+    """A server that ignores ``offset`` returns the first page for ever: stop, loudly."""
+    page = {"result": [{"id": n} for n in range(10)]}
+    slice_mock.add(responses.GET, api_url("orders"), json=page)
+    seen: list[dict[str, Any]] = []
+    with SliceClient(credential) as client:
+        with pytest.raises(ApiError) as excinfo:
+            seen.extend(client.iter_collection("orders", limit=10))
+    assert excinfo.value.code == "repeated_page"
+    assert len(slice_mock.calls) == 2  # the repeat is detected on the second page
+    assert seen == page["result"]  # the first page was yielded once, never twice
+
+
+@pytest.mark.django_db
+def test_iter_collection_stops_after_api_max_pages(
+    credential: SliceCredential, slice_mock: responses.RequestsMock, settings: Any
+) -> None:
+    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "API_MAX_PAGES": 5}
+    rows = [{"id": n} for n in range(1000)]  # 100 full pages of 10
+    slice_mock.add_callback(responses.GET, api_url("orders"), callback=paged(rows))
+    with SliceClient(credential) as client:
+        got: list[dict[str, Any]] = []
+        with pytest.raises(ApiError) as excinfo:
+            got.extend(client.iter_collection("orders", limit=10))
+    assert excinfo.value.code == "too_many_pages"
+    assert len(slice_mock.calls) == 5 and got == rows[:50]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", [0, -1, "10", 2.5, True])
+def test_api_max_pages_must_be_a_positive_integer(
+    value: Any, credential: SliceCredential, slice_mock: responses.RequestsMock, settings: Any
+) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "API_MAX_PAGES": value}
+    with SliceClient(credential) as client, pytest.raises(ImproperlyConfigured):
+        list(client.iter_collection("orders"))
+    assert len(slice_mock.calls) == 0
+
+
+@pytest.mark.django_db
+def test_stream_is_refused(credential: SliceCredential, slice_mock: responses.RequestsMock) -> None:
+    with SliceClient(credential) as client, pytest.raises(TypeError):
+        client.request("GET", "orders", stream=True)
+    assert len(slice_mock.calls) == 0
+
+
 # -- cost -------------------------------------------------------------------------------------
 
 
