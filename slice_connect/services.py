@@ -105,7 +105,8 @@ def link(user: Any, tokens: oauth.TokenSet, request: HttpRequest | None = None) 
     }
     # The old refresh token is loaded (not the access token): a re-link revokes it.
     current = SliceCredential.objects.select_for_update().defer("access_token")
-    for last_try in (False, True):
+    retried = False
+    while True:
         try:
             with transaction.atomic():
                 credential = current.filter(user=user).first()
@@ -131,8 +132,9 @@ def link(user: Any, tokens: oauth.TokenSet, request: HttpRequest | None = None) 
             # Another request linked the same user first (there was no row to lock): the
             # whole block rolled back (a savepoint inside a caller's transaction); once
             # more, now updating that request's row.
-            if last_try:
+            if retried:
                 raise
+            retried = True
             logger.info("User %s was linked by a concurrent request; updating its row.", user.pk)
     logger.info("Linked Slice credential %s (user %s).", credential.pk, credential.user_id)
     return credential

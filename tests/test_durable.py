@@ -383,3 +383,76 @@ def test_callback_query_count(
         counts[kind] = len(queries)
     print(f"\nCALLBACK queries ({connection.vendor}): {counts}")
     assert counts["new link"] <= 10 and counts["re-link"] <= 10
+
+
+# -- where a second connection cannot write (SQLite), on any database -----------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_an_own_connection_work_is_refused_or_runs_inline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(durable, "own_connection_possible", lambda using=DEFAULT_DB_ALIAS: False)
+    ran: list[str] = []
+
+    def work() -> str:
+        ran.append(threading.current_thread().name)
+        return "done"
+
+    with transaction.atomic():
+        with pytest.raises(Boom):
+            durable.run_durably(work, refuse_on_sqlite=Boom)
+        assert ran == []  # refused before the work started
+        assert durable.run_durably(work) == "done"
+    assert ran == [threading.current_thread().name]  # inline, in the caller's transaction
+
+
+@pytest.mark.django_db(transaction=True)
+def test_renewal_refused_where_it_cannot_commit_on_its_own(
+    user: Any,
+    make_credential: Callable[..., SliceCredential],
+    slice_api: responses.RequestsMock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What SQLite does, forced on any database: the typed error, nothing sent or stored."""
+    from slice_connect.exceptions import RenewalInTransaction
+
+    monkeypatch.setattr(durable, "own_connection_possible", lambda using=DEFAULT_DB_ALIAS: False)
+    credential = make_credential(user)
+    before = stored(credential.pk)
+    with pytest.raises(RenewalInTransaction), transaction.atomic():
+        services.renew(credential, force=True)
+    assert token_calls(slice_api) == []
+    assert stored(credential.pk) == before
+
+
+@pytest.mark.django_db
+def test_relink_with_the_same_refresh_token_revokes_nothing(
+    user: Any,
+    make_credential: Callable[..., SliceCredential],
+    slice_api: responses.RequestsMock,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    make_credential(user, refresh_token="refresh-new-5")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.link(user, tokens(5))
+    assert revoked(slice_api) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_link_retries_a_lost_insert_once_then_raises(
+    user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import IntegrityError
+
+    attempts: list[int] = []
+
+    def always_taken(**kwargs: Any) -> SliceCredential:
+        attempts.append(1)
+        raise IntegrityError("duplicate key value violates unique constraint")
+
+    monkeypatch.setattr(SliceCredential.objects, "create", always_taken)
+    with pytest.raises(IntegrityError):
+        services.link(user, tokens(6))
+    assert len(attempts) == 2
+    assert not SliceCredential.objects.filter(user=user).exists()
