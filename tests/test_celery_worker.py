@@ -1,4 +1,4 @@
-"""Celery for real (security.md R25, R34, battery B8): a prefork worker on Redis, not eager.
+"""Celery for real: a prefork worker on Redis, not eager (docs/threat-model.rst R25, R34, B8).
 
 The worker is a subprocess (``celery -A example_project.celery worker``) with
 ``DJANGO_SETTINGS_MODULE=tests.worker_settings``: it shares the pytest-django test database

@@ -1,4 +1,4 @@
-"""Single-flight renewal under real concurrency (security.md R28, battery B5), on PostgreSQL.
+"""Single-flight renewal under real concurrency, on PostgreSQL (docs/threat-model.rst R28, B5).
 
 Every test links users for real against the django-oauth-toolkit sandbox (strict rotation,
 no grace period) and slows its refresh answers, so the callers truly overlap while the first

@@ -1,4 +1,4 @@
-"""Battery B8 (security.md R31, R34, R35): a real Celery worker SIGKILLed at four points.
+"""B8 (docs/threat-model.rst R31, R34, R35): a real Celery worker SIGKILLed at four points.
 
 Each drill links one user for real against the sandbox (django-oauth-toolkit in the live
 server, strict rotation, grace 0 unless said otherwise), makes the credential due (expired

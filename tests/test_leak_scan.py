@@ -1,4 +1,4 @@
-"""B10: the canary leak scan (security.md R16, R22-R25 and battery B10).
+"""B10: the canary leak scan (docs/threat-model.rst R16, R22-R25 and battery B10).
 
 Unique canary values are seeded for every secret slice_connect handles: the access and
 refresh tokens Slice issues, the client secret, the authorization code, the state and the

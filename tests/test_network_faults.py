@@ -1,4 +1,4 @@
-"""Battery B4 (security.md R12, R13, R31): real network faults on loopback.
+"""Battery B4 (docs/threat-model.rst R12, R13, R31): real network faults on loopback.
 
 Every case talks to a real socket on 127.0.0.1 (``tests/faulty_server.py``, one server per
 test on an ephemeral port) or to a loopback address that fails in the connect phase, through

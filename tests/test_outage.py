@@ -1,4 +1,4 @@
-"""Battery B7 (security.md R32, R34): Slice's token endpoint down for K, on a simulated clock.
+"""B7 (docs/threat-model.rst R32, R34): Slice's token endpoint down for K, on a simulated clock.
 
 1,000 credentials whose refresh tokens were rotated between 0 and 7 days ago (evenly spread,
 one every 604.8 s) meet an outage of K = 1 h, 24 h, 6 d, 8 d or 15 d that starts at ``T0``.
