@@ -449,6 +449,30 @@ def test_scrub_keys_frames_and_literals(settings: Any) -> None:
     assert out["_meta"] == {"request": {"data": {"code": {"": {"len": 3}}}}}
 
 
+def test_chained_http_stack_frames_lose_their_locals() -> None:
+    """A cause whose own trace starts inside urllib3, below a slice_connect frame."""
+    body = "'grant_type=x&extra=opaque-VALUE'"
+    cause = {"module": "urllib3.connectionpool", "function": "urlopen", "vars": {"body": body}}
+    site = {"module": "myapp.http", "function": "fetch", "vars": {"body": body}}
+    outer = {"module": "slice_connect.http", "function": "send", "vars": {"x": "1"}}
+    event = {
+        "exception": {
+            "values": [
+                {"type": "ProtocolError", "stacktrace": {"frames": [dict(cause)]}},
+                {"type": "AnswerLost", "stacktrace": {"frames": [dict(site), dict(outer)]}},
+            ]
+        }
+    }
+    values = slice_sentry.scrub_event(event)["exception"]["values"]
+    assert "vars" not in values[0]["stacktrace"]["frames"][0]
+    assert values[1]["stacktrace"]["frames"][0]["vars"] == {"body": body}  # the site's own
+    assert "vars" not in values[1]["stacktrace"]["frames"][1]
+    # Without any slice_connect frame in the event, the HTTP stack keeps its locals.
+    alone = {"exception": {"values": [{"stacktrace": {"frames": [dict(cause)]}}]}}
+    frame = slice_sentry.scrub_event(alone)["exception"]["values"][0]["stacktrace"]["frames"][0]
+    assert frame["vars"] == {"body": body}
+
+
 def test_before_breadcrumb_scrubs_raw_data() -> None:
     crumb = {"category": "httplib", "data": {"url": "https://x/?code=abc", "body": b"token=t"}}
     out = slice_sentry.before_breadcrumb(crumb, {})

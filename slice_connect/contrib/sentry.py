@@ -22,7 +22,10 @@ What they remove from every event, transaction and breadcrumb:
 
 * the local variables of every slice_connect frame **and of every frame below it** (the
   HTTP stack, the ORM, signal receivers it called): those frames hold the tokens, the
-  request bodies sent to the token endpoint and the ``Authorization`` header. Function
+  request bodies sent to the token endpoint and the ``Authorization`` header. In an event
+  that shows a slice_connect frame, the HTTP stack's frames (requests, urllib3,
+  http.client, ssl, socket, oauthlib) lose their locals wherever they are, chained
+  exceptions included. Function
   names, file names, line numbers and source lines stay, and so do the locals of your own
   frames above ours, so the event still tells what failed and where;
 * the value of any mapping key, form field, query parameter or JSON member named
@@ -92,6 +95,19 @@ MAX_DEPTH = 64
 
 #: Frames of these modules (and every frame they called) lose their local variables.
 OUR_PACKAGE = "slice_connect"
+
+#: The HTTP stack under our calls. In an event that shows any slice_connect frame, these
+#: frames lose their locals wherever they appear, e.g. in a chained exception (``raise ...
+#: from``, or one raised while handling another) whose own trace starts below our frames.
+HTTP_STACK = (
+    "requests",
+    "urllib3",
+    "http.client",
+    "ssl",
+    "socket",
+    "oauthlib",
+    "requests_oauthlib",
+)
 
 
 def _normalized(key: str) -> str:
@@ -194,8 +210,41 @@ def scrub(value: Any, literals: list[str] | None = None, _depth: int = 0) -> Any
     return value
 
 
+def _stacktraces(event: dict[str, Any]) -> list[list[Any]]:
+    """The frame lists of an event: its exceptions (chained ones too), threads, stack."""
+    found: list[list[Any]] = []
+    holders: list[Any] = [event]
+    for section in ("exception", "threads"):
+        values = event.get(section)
+        if isinstance(values, dict):
+            values = values.get("values")
+        if isinstance(values, list):
+            holders += values
+    for holder in holders:
+        if not isinstance(holder, dict):
+            continue
+        stacktrace = holder.get("stacktrace")
+        frames = stacktrace.get("frames") if isinstance(stacktrace, dict) else None
+        if isinstance(frames, list):
+            found.append(frames)
+    return found
+
+
+def _in_http_stack(frame: Any) -> bool:
+    module = frame.get("module") if isinstance(frame, dict) else None
+    return isinstance(module, str) and any(
+        module == name or module.startswith(name + ".") for name in HTTP_STACK
+    )
+
+
 def scrub_event(event: dict[str, Any]) -> dict[str, Any]:
     """Scrub a serialized Sentry event (an error or a transaction) in place; return it."""
+    stacktraces = _stacktraces(event)
+    if any(_is_ours(frame) for frames in stacktraces for frame in frames):
+        for frames in stacktraces:
+            for frame in frames:
+                if _in_http_stack(frame):
+                    frame.pop("vars", None)
     scrub(event)
     return event
 
