@@ -30,9 +30,11 @@ INSTALLED_APPS = [
     "oauth2_provider",
     "example_project.slice_sandbox",
     "slice_connect",
+    "corsheaders",
 ]
 
 MIDDLEWARE = [
+    "corsheaders.middleware.CorsMiddleware",
     # Off unless SLICE_SANDBOX["COMPRESS"] (or SLICE_CONNECT_TEST_COMPRESS) turns it on.
     "example_project.slice_sandbox.middleware.CompressAnswersMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -42,6 +44,11 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
+
+# The README's cross-origin recipe for the JSON endpoints; no origin is allowed unless a
+# test allows one (test_browser_cross_origin).
+CORS_URLS_REGEX = r"^/slice/api/.*$"
+CORS_ALLOWED_ORIGINS: list[str] = []
 
 ROOT_URLCONF = "tests.urls"
 LOGIN_URL = "/accounts/login/"
