@@ -154,6 +154,7 @@ def unlink(credential: SliceCredential, request: HttpRequest | None = None) -> N
 
 #: Where :func:`credential_deleting` leaves the live refresh token for :func:`credential_deleted`.
 _LIVE_REFRESH_TOKEN = "_slice_connect_live_refresh_token"
+_NOT_READ = object()
 
 
 @sensitive_variables("live")
@@ -197,7 +198,11 @@ def _revoke_on_commit(token: Any, *, keep: Any = None) -> None:
 def credential_deleted(sender: Any, instance: SliceCredential, **kwargs: Any) -> None:
     """``post_delete`` receiver: after commit, revoke at Slice and send the signal."""
     request = getattr(instance, "_slice_connect_request", None)
-    token: Any = instance.__dict__.pop(_LIVE_REFRESH_TOKEN, None)
+    token: Any = instance.__dict__.pop(_LIVE_REFRESH_TOKEN, _NOT_READ)
+    if token is _NOT_READ:
+        # pre_delete did not run for this instance (a hand-sent signal): the loaded copy.
+        deferred = "refresh_token" in instance.get_deferred_fields()
+        token = None if deferred else instance.refresh_token
     user = instance.user
 
     @sensitive_variables("token")

@@ -456,3 +456,19 @@ def test_link_retries_a_lost_insert_once_then_raises(
         services.link(user, tokens(6))
     assert len(attempts) == 2
     assert not SliceCredential.objects.filter(user=user).exists()
+
+
+@pytest.mark.django_db
+def test_a_hand_sent_post_delete_revokes_the_loaded_copy(
+    user: Any,
+    make_credential: Callable[..., SliceCredential],
+    slice_api: responses.RequestsMock,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """Without the pre_delete read (a signal sent by hand), the instance's own token."""
+    credential = make_credential(user, refresh_token="refresh-loaded")
+    partial = SliceCredential.objects.without_tokens().get(pk=credential.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.credential_deleted(SliceCredential, instance=credential)
+        services.credential_deleted(SliceCredential, instance=partial)
+    assert revoked(slice_api) == ["refresh-loaded"]
