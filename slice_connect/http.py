@@ -33,6 +33,7 @@ express this taxonomy. It still builds the authorization URL (:mod:`slice_connec
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import http.client
 import io
@@ -44,11 +45,13 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import httpx
 import requests
 from django.utils import timezone
 from requests.adapters import HTTPAdapter
@@ -409,3 +412,138 @@ def decode_json(body: bytes) -> Any:
         return json.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"Undecodable JSON ({type(exc).__name__}).") from None
+
+
+# -- the same transport for async code (httpx) -----------------------------------------
+#
+# The design is the one above: one budget per call (here asyncio's own cancellation, which
+# bounds connect, TLS, the status line, the headers and the body alike), bodies decoded by
+# us in bounded steps and capped, the same classification, no redirects followed. httpx's
+# own decoders inflate a whole network chunk at once (a 64 KiB chunk of a bomb is 64 MiB),
+# so the raw bytes are decoded here, with zlib's max_length.
+
+#: The content codings we ask for and decode (what requests asks for, too).
+ACCEPT_ENCODING = "gzip, deflate"
+
+
+class _BoundedDecoder:
+    """Decode one content coding (gzip, deflate or none), at most ``room`` bytes a step."""
+
+    def __init__(self, encoding: str) -> None:
+        codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+        codings = [c for c in codings if c != "identity"]
+        if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
+            raise DecodeError(f"Unsupported content coding {encoding!r}.")
+        self._coding = codings[0] if codings else ""
+        wbits = 16 + zlib.MAX_WBITS if self._coding in ("gzip", "x-gzip") else zlib.MAX_WBITS
+        self._inflater = zlib.decompressobj(wbits) if self._coding else None
+        self._first = True
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        """Inflate ``data``; returns at most ``room`` bytes (``room`` means "over the cap")."""
+        if self._inflater is None:
+            return data[:room]
+        out = b""
+        pending = data
+        try:
+            while pending and len(out) < room:
+                out += self._inflater.decompress(pending, room - len(out))
+                pending = self._inflater.unconsumed_tail
+        except zlib.error as exc:
+            if not (self._first and self._coding == "deflate"):
+                raise DecodeError(f"Undecodable {self._coding} body.") from exc
+            # "deflate" is often sent raw, without the zlib wrapper RFC 9110 asks for.
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            self._first = False
+            return self.decode(data, room)
+        self._first = False
+        return out
+
+
+#: httpx errors raised before anything was sent.
+ASYNC_NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+    httpx.InvalidURL,
+    httpx.ProxyError,
+)
+
+
+def _classify_async(exc: BaseException, what: str) -> TransientError:
+    kind = type(exc).__name__
+    if isinstance(exc, (*ASYNC_NOT_SENT, UnicodeError)):
+        if isinstance(exc, httpx.ConnectError) and "CERTIFICATE" in str(exc).upper():
+            logger.error("TLS verification of %s failed: the request was not sent.", what)
+        logger.warning("%s: not sent (%s).", what, kind)
+        code = "unencodable_request" if isinstance(exc, UnicodeError) else "connect_error"
+        return TransientError(f"Could not reach Slice ({kind}).", code=code)
+    if isinstance(exc, asyncio.TimeoutError | httpx.TimeoutException):
+        code = "timeout"
+    elif isinstance(exc, DecodeError | httpx.DecodingError):
+        code = "decode_error"
+    else:
+        code = "connection_error"
+    logger.warning("%s: sent, but no answer (%s).", what, kind)
+    return ResponseLost(f"No usable answer from Slice ({kind}).", code=code)
+
+
+async def _afetch(
+    client: httpx.AsyncClient, method: str, url: str, limit: int, kwargs: dict[str, Any]
+) -> httpx.Response:
+    async with client.stream(method, url, **kwargs) as streamed:
+        decoder = _BoundedDecoder(streamed.headers.get("Content-Encoding", ""))
+        chunks: list[bytes] = []
+        size = 0
+        async for raw in streamed.aiter_raw():
+            chunk = decoder.decode(raw, limit - size + 1)
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(
+                    f"Slice's answer is larger than {limit} bytes; not read further.",
+                    status_code=streamed.status_code,
+                    limit=limit,
+                )
+            chunks.append(chunk)
+        headers = [
+            (name, value)
+            for name, value in streamed.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(
+            streamed.status_code,
+            headers=headers,
+            content=b"".join(chunks),
+            request=streamed.request,
+        )
+
+
+async def asend(
+    method: str,
+    url: str,
+    *,
+    timeout: tuple[float, float],
+    limit: int,
+    what: str,
+    client: httpx.AsyncClient,
+    headers: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """:func:`send` for async code, on an ``httpx.AsyncClient``; the same rules and errors."""
+    connect, read = timeout
+    kwargs.update(
+        headers={**dict(headers or {}), "Accept-Encoding": ACCEPT_ENCODING},
+        timeout=httpx.Timeout(read, connect=connect),
+        follow_redirects=False,
+    )
+    try:
+        return await asyncio.wait_for(
+            _afetch(client, method, url, limit, kwargs), budget_of(timeout)
+        )
+    except ResponseTooLarge:
+        logger.warning("%s: the answer exceeded %s bytes.", what, limit)
+        raise
+    except (httpx.HTTPError, asyncio.TimeoutError, DecodeError, UnicodeError, OSError) as exc:
+        raise _classify_async(exc, what) from None
