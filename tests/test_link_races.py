@@ -12,6 +12,7 @@
 The sandbox (django-oauth-toolkit) rotates strictly (no grace period), so a lost rotation
 shows up as ``invalid_grant``; its token tables live in the test database, so the tests
 count live tokens there. Run with ``-s`` to see the figures (``RACE ...`` lines).
+(docs/threat-model.rst R47, R48, R49.)
 """
 
 from __future__ import annotations
@@ -139,6 +140,22 @@ def api_self(server: SliceServer, access_token: str) -> int:
 def expire_access_token(pk: int) -> None:
     past = timezone.now() - timedelta(minutes=5)
     SliceCredential.objects.filter(pk=pk).update(access_token_expires_at=past)
+
+
+def renewal_posting() -> bool:
+    """Whether another session holds a credential row lock in an open, idle transaction.
+
+    That is a renewal's second phase waiting for the token endpoint: its last statement
+    was the ``SELECT ... FOR UPDATE`` of the credential.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state = 'idle in transaction' "
+            "AND query ILIKE %s AND query ILIKE %s",
+            ["%FOR UPDATE%", f"%{SliceCredential._meta.db_table}%"],
+        )
+        return bool(cursor.fetchone()[0])
 
 
 def backends() -> int:
@@ -275,14 +292,8 @@ def test_deleting_a_link_during_its_renewal_revokes_the_live_token(
     renewal = threading.Thread(target=renew, daemon=True)
     renewal.start()
 
-    def stamped() -> bool:
-        return SliceCredential.objects.filter(
-            pk=credential.pk, renewal_started_at__isnull=False
-        ).exists()
-
-    # Phase 1 committed its journal stamp; phase 2 then locks the row and posts.
-    wait_until(stamped, timeout=30, what="the renewal's journal stamp")
-    time.sleep(SLOW_REFRESH_SECONDS / 3)
+    # Wait until the renewal holds the row lock and waits for Slice's (slow) answer.
+    wait_until(renewal_posting, timeout=30, what="the renewal to lock the row and post")
     started = time.perf_counter()
     _delete(how, user, credential, make_user)
     waited = time.perf_counter() - started
