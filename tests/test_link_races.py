@@ -158,11 +158,28 @@ def renewal_posting() -> bool:
         return bool(cursor.fetchone()[0])
 
 
-def backends() -> int:
-    """Open PostgreSQL sessions on the test database (ours, the live server's, helpers')."""
+@pytest.fixture
+def helper_backends() -> Iterator[list[int]]:
+    """PostgreSQL backend pids of the connections opened by slice_connect's helper threads."""
+    from django.db.backends.signals import connection_created
+
+    from slice_connect.durable import THREAD_NAME
+
+    pids: list[int] = []
+
+    def created(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if threading.current_thread().name == THREAD_NAME:
+            pids.append(connection.connection.info.backend_pid)
+
+    connection_created.connect(created, weak=False)
+    yield pids
+    connection_created.disconnect(created)
+
+
+def backend_alive(pid: int) -> bool:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
-        return int(cursor.fetchone()[0])
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+        return bool(cursor.fetchone()[0])
 
 
 # -- 1. renewals commit on their own --------------------------------------------------------
@@ -198,10 +215,9 @@ def test_renewal_in_an_atomic_requests_view_survives_the_views_failure(
 
 
 def test_renewal_in_an_explicit_atomic_block_survives_its_rollback(
-    sandbox: SliceServer, linked: Any
+    sandbox: SliceServer, linked: Any, helper_backends: list[int]
 ) -> None:
     _user, credential, account = linked()
-    before = backends()
 
     with pytest.raises(Boom), transaction.atomic():
         services.renew(credential, force=True)
@@ -210,7 +226,11 @@ def test_renewal_in_an_explicit_atomic_block_survives_its_rollback(
         renewed_access = credential.access_token
         raise Boom
 
-    assert backends() == before, "the renewal's own connection was left open"
+    # It ran on a connection of its own, closed afterwards.
+    assert (
+        len(helper_backends) == 1 and helper_backends[0] != connection.connection.info.backend_pid
+    )
+    wait_until(lambda: not backend_alive(helper_backends[0]), timeout=10, what="it to close")
     row = SliceCredential.objects.get(pk=credential.pk)
     assert row.version == 2 and row.access_token == renewed_access
     assert row.renewal_started_at is None
