@@ -83,3 +83,18 @@ def test_documents_cited_are_in_the_repository() -> None:
                 assert name in present, (
                     f"{path.relative_to(ROOT)} cites {name}, not in the repository"
                 )
+
+
+def test_included_fragments_exist() -> None:
+    """The docs include parts of README.rst (one source for the snippets its tests run)."""
+    includes = 0
+    for page in (ROOT / "docs").rglob("*.rst"):
+        content = page.read_text(encoding="utf-8")
+        for match in re.finditer(r"^\.\. include:: (\S+)\n((?:   :\S+: .*\n)*)", content, re.M):
+            includes += 1
+            target = (page.parent / match[1]).resolve()
+            assert target.is_file(), f"{page.relative_to(ROOT)} includes missing {match[1]}"
+            source = target.read_text(encoding="utf-8")
+            for option, marker in re.findall(r":(start-after|end-before): (.+)", match[2]):
+                assert source.count(marker.strip()) == 1, (page.name, option, marker)
+    assert includes >= 3
