@@ -42,7 +42,7 @@ version = ".".join(__version__.split(".")[:2])
 
 extensions = ["sphinx.ext.autodoc"]
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
+autodoc_typehints = "signature"
 autodoc_default_options = {"show-inheritance": True}
 
 exclude_patterns = ["_build"]

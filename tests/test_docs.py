@@ -98,3 +98,18 @@ def test_included_fragments_exist() -> None:
             for option, marker in re.findall(r":(start-after|end-before): (.+)", match[2]):
                 assert source.count(marker.strip()) == 1, (page.name, option, marker)
     assert includes >= 3
+
+
+def test_every_exception_and_check_is_in_the_reference() -> None:
+    import inspect
+
+    from slice_connect import checks, exceptions
+
+    page = (ROOT / "docs" / "reference" / "exceptions.rst").read_text(encoding="utf-8")
+    for name, cls in inspect.getmembers(exceptions, inspect.isclass):
+        if issubclass(cls, Exception) and cls.__module__ == exceptions.__name__:
+            assert f".. autoclass:: slice_connect.exceptions.{name}\n" in page, name
+    source = Path(checks.__file__).read_text(encoding="utf-8")
+    documented = (ROOT / "docs" / "reference" / "checks.rst").read_text(encoding="utf-8")
+    for check_id in sorted(set(re.findall(r'id="(slice_connect\.[EW]\d{3})"', source))):
+        assert f"``{check_id}``" in documented, check_id
