@@ -303,11 +303,20 @@ class AsyncSliceClient(_BaseClient):
     ) -> None:
         self._target = user_or_credential
         self._own_client = client is None
-        self.client = client or httpx.AsyncClient(trust_env=False)
+        self._client = client
         if isinstance(user_or_credential, SliceCredential):
             self.credential = user_or_credential
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The ``httpx.AsyncClient`` (made by ``async with`` unless one was passed in)."""
+        if self._client is None:
+            raise RuntimeError("Use AsyncSliceClient as `async with AsyncSliceClient(...)`.")
+        return self._client
+
     async def __aenter__(self) -> AsyncSliceClient:
+        if self._client is None:
+            self._client = await http.new_async_client()
         if not hasattr(self, "credential"):
             try:
                 self.credential = await SliceCredential.objects.aget(user=self._target)
@@ -320,12 +329,13 @@ class AsyncSliceClient(_BaseClient):
 
     async def aclose(self) -> None:
         """Close the HTTP client's pooled connections (unless it was passed in)."""
-        if self._own_client:
-            await self.client.aclose()
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send an authorized request and return the (successful) response."""
-        if not hasattr(self, "credential"):
+        if not hasattr(self, "credential") or self._client is None:
             raise RuntimeError("Use AsyncSliceClient as `async with AsyncSliceClient(...)`.")
         url = self.url_for(path)
         if self._needs_renewal():

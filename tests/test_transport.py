@@ -32,7 +32,7 @@ from slice_connect.exceptions import (
     TransientError,
 )
 from slice_connect.models import SliceCredential
-from tests.faulty_server import Fault, FaultyServer, token_json
+from tests.faulty_server import Fault, FaultyServer
 
 pytestmark = pytest.mark.django_db
 

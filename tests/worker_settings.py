@@ -11,6 +11,8 @@ in the environment by :func:`tests.workers.subprocess_env`:
   (``RENEW_SPREAD``, ``RENEW_RATE_LIMIT``, ...);
 * ``SLICE_CONNECT_TEST_FERNET_KEYS`` (optional): JSON of the process's ``FERNET_KEYS``, for a
   process started with other keys than the test's;
+* ``SLICE_CONNECT_TEST_ROOT_URLCONF`` (optional): another URLconf (the ASGI site of
+  ``tests/test_async_live.py``);
 * ``SLICE_CONNECT_TEST_CELERY_QUEUE``: the queue of the running test. Test runs in parallel
   (tox environments, developers) share the Redis database, so each worker test publishes
   and consumes on a queue of its own (the sweep's renewals land there too).
@@ -31,6 +33,8 @@ if os.environ.get("SLICE_CONNECT_TEST_SLICE_CONNECT"):
 if "SLICE_CONNECT_TEST_FERNET_KEYS" in os.environ:
     # A process started with other keys than the test's (a worker without the key).
     FERNET_KEYS = json.loads(os.environ["SLICE_CONNECT_TEST_FERNET_KEYS"])
+if os.environ.get("SLICE_CONNECT_TEST_ROOT_URLCONF"):
+    ROOT_URLCONF = os.environ["SLICE_CONNECT_TEST_ROOT_URLCONF"]
 if os.environ.get("SLICE_CONNECT_TEST_CELERY_QUEUE"):
     CELERY_TASK_DEFAULT_QUEUE = os.environ["SLICE_CONNECT_TEST_CELERY_QUEUE"]
     # Nothing but this test's own messages reaches the worker (no broadcast commands).
