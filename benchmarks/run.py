@@ -100,6 +100,7 @@ class Results:
     queries: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     memory: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     client: dict[str, Any] = field(default_factory=dict)
+    async_client: dict[str, Any] = field(default_factory=dict)
     crypto: dict[str, Any] = field(default_factory=dict)
     commit: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -366,6 +367,7 @@ def run_postgres(results: Results, plan: Plan, args: Any, server: str, slow: str
         )
         log("SliceClient overhead and encryption cost")
         results.client = worker("client", env, n=plan.client_calls)
+        results.async_client = worker("async-client", env, n=plan.client_calls)
         results.crypto = worker("crypto", env, n=plan.crypto_renewals)
         if not args.no_sqlite:
             run_sqlite(results, plan, args, server)
@@ -605,6 +607,23 @@ def tables(results: Results, plan: Plan) -> list[tuple[str, list[str], list[list
                 ],
                 f"{c['calls']:,} interleaved calls each, keep-alive, same headers, timeout and "
                 "trust_env=False, JSON decoded on both sides.",
+            )
+        )
+    a = results.async_client
+    if a:
+        out.append(
+            (
+                "Async API call overhead",
+                ["AsyncSliceClient.get median", "bare httpx.AsyncClient median", "ratio"],
+                [
+                    [
+                        f"{a['client_median_us']:.0f} µs",
+                        f"{a['bare_median_us']:.0f} µs",
+                        f"{a['ratio']:.3f}",
+                    ]
+                ],
+                f"{a['calls']:,} interleaved awaited calls each on one event loop, keep-alive, "
+                "same headers and timeout, trust_env=False, JSON decoded on both sides.",
             )
         )
     k = results.crypto

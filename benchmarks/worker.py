@@ -622,6 +622,66 @@ def step_client(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def step_async_client(args: argparse.Namespace) -> dict[str, Any]:
+    """AsyncSliceClient.get vs a bare httpx.AsyncClient with the same header: median latency."""
+    import asyncio
+
+    import httpx
+    from django.conf import settings
+
+    from slice_connect.client import AsyncSliceClient
+    from slice_connect.conf import app_settings
+
+    _user, credential = _extra_credential("bench-async-client")
+    url = f"{settings.SLICE_CONNECT['API_BASE_URL']}orders"
+    headers = {"Authorization": f"Bearer {credential.access_token}", "Accept": "application/json"}
+    connect, read = app_settings.HTTP_TIMEOUT
+    timeout = httpx.Timeout(read, connect=connect)
+
+    async def measure() -> tuple[list[float], list[float], Any]:
+        async with (
+            AsyncSliceClient(credential) as client,
+            httpx.AsyncClient(trust_env=False) as bare,
+        ):
+
+            async def call_client() -> Any:
+                return await client.get("orders")
+
+            async def call_bare() -> Any:
+                response = await bare.get(url, headers=headers, timeout=timeout)
+                response.raise_for_status()
+                return response.json()
+
+            for _ in range(200):
+                await call_client()
+                await call_bare()
+            client_times: list[float] = []
+            bare_times: list[float] = []
+            clock = time.perf_counter
+            body: Any = None
+            for i in range(args.n):
+                pair = ((call_client, client_times), (call_bare, bare_times))
+                for call, times in pair if i % 2 else reversed(pair):
+                    began = clock()
+                    body = await call()
+                    times.append(clock() - began)
+            return client_times, bare_times, body
+
+    client_times, bare_times, body = asyncio.run(measure())
+    check(body.get("ok") is True, f"API answered {body!r}")
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.filter(username="bench-async-client").delete()
+    client_median = statistics.median(client_times)
+    bare_median = statistics.median(bare_times)
+    return {
+        "calls": args.n,
+        "client_median_us": client_median * 1e6,
+        "bare_median_us": bare_median * 1e6,
+        "ratio": client_median / bare_median,
+    }
+
+
 def step_crypto(args: argparse.Namespace) -> dict[str, Any]:
     """Encryption's share of a renewal: instrumented sequential renewals + a micro-benchmark.
 
@@ -704,6 +764,7 @@ STEPS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "sweep-memory": step_sweep_memory,
     "queries": step_queries,
     "client": step_client,
+    "async-client": step_async_client,
     "crypto": step_crypto,
 }
 
