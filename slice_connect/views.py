@@ -122,6 +122,8 @@ def no_store(view: Any) -> Any:
 #: middleware), ``no-store`` on every answer (login redirects and CSRF refusals included),
 #: and no framing (clickjacking the "Continue to Slice" or "Unlink" button).
 SELF_PROTECTED = [xframe_options_deny, no_store, csrf_protect]
+#: The callback takes no POST (405) and its pages have no form: no CSRF check to make.
+SELF_PROTECTED_GET_ONLY = [xframe_options_deny, no_store]
 
 
 @method_decorator(SELF_PROTECTED, name="dispatch")
@@ -166,7 +168,7 @@ class CallbackRejected(Exception):
         self.denied = denied
 
 
-@method_decorator(SELF_PROTECTED, name="dispatch")
+@method_decorator(SELF_PROTECTED_GET_ONLY, name="dispatch")
 class CallbackView(View):
     """Slice sends the user back here with ``code`` and ``state`` (or ``error``)."""
 

@@ -336,6 +336,9 @@ class World:
         """Start a real attempt through the authorize view; return its state."""
         data = {"next": next_url} if next_url else {}
         request = self.factory.post(AUTHORIZE, data)
+        # The view checks CSRF itself (csrf_protect); skip it as django.test.Client does:
+        # the check has its own tests (test_self_protection.py).
+        request._dont_enforce_csrf_checks = True
         request.user = self.bob if kind == "other-user" else self.alice
         request.session = other if kind == "other-session" else session
         response = authorize_view(request)
