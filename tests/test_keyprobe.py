@@ -24,6 +24,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from slice_connect import keyprobe, services, tasks
+from slice_connect.client import SliceClient
 from slice_connect.exceptions import ConfigurationError, CredentialUnreadable
 from slice_connect.models import SliceCredential
 from slice_connect.signals import credential_renewal_failed
@@ -149,6 +150,18 @@ def test_the_renew_command_marks_nobody(
     call_command("slice_connect_renew", "--all", stdout=out, stderr=err)
     assert "renewed: 0, failed: 50, skipped: 0" in out.getvalue()
     assert err.getvalue().count(": fernet_keys") == USERS
+    assert marked() == 0
+    assert len(no_http.calls) == 0
+
+
+def test_the_api_client_marks_nobody(
+    linked: list[SliceCredential], settings: Any, no_http: responses.RequestsMock
+) -> None:
+    """A web process without the key: each user's API call fails, no user is cut off."""
+    settings.FERNET_KEYS = [WRONG]
+    for credential in linked[:10]:
+        with SliceClient(credential.user) as client, pytest.raises(ConfigurationError):
+            client.get("users/self")
     assert marked() == 0
     assert len(no_http.calls) == 0
 

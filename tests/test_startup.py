@@ -183,20 +183,20 @@ def test_a_command_that_skips_checks_still_runs() -> None:
 # -- Celery -----------------------------------------------------------------------------
 
 
-def celery_worker(environment: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "example_project.celery",
-        "worker",
-        "--pool=solo",
-        "--loglevel=INFO",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
+def celery_worker(
+    environment: dict[str, str], log: Path, program: str = "worker"
+) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "celery", "-A", "example_project.celery", program]
+    if program == "worker":
+        command += [
+            "--pool=solo",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    else:
+        command += ["--loglevel=INFO", "--schedule", str(log.with_suffix(".schedule"))]
     with log.open("wb") as out:
         return subprocess.Popen(
             command,
@@ -209,8 +209,16 @@ def celery_worker(environment: dict[str, str], log: Path) -> subprocess.Popen[by
         )
 
 
-@pytest.mark.parametrize("name", ["no-client-secret", "no-fernet-keys", "everything"])
-def test_celery_worker_refuses_to_start(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("program", "name"),
+    [
+        ("worker", "no-client-secret"),
+        ("worker", "no-fernet-keys"),
+        ("worker", "everything"),
+        ("beat", "plain-string-keys"),
+    ],
+)
+def test_celery_refuses_to_start(program: str, name: str, tmp_path: Path) -> None:
     environment, ids = fatal_env(name)
     # A broker nobody listens on: the worker must stop before it ever tries to connect.
     environment["SLICE_CONNECT_TEST_OVERRIDES"] = json.dumps(
@@ -219,8 +227,8 @@ def test_celery_worker_refuses_to_start(name: str, tmp_path: Path) -> None:
             "CELERY_BROKER_URL": "redis://127.0.0.1:9/0",
         }
     )
-    log = tmp_path / "worker.log"
-    process = celery_worker(environment, log)
+    log = tmp_path / f"{program}.log"
+    process = celery_worker(environment, log, program)
     try:
         returncode = process.wait(timeout=120)
     finally:
