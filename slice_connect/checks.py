@@ -187,19 +187,22 @@ def check_fernet_keys(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
 def check_sqlite_transaction_mode(
     app_configs: Any = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
-    """SQLite must take the write lock when a renewal's transaction starts."""
-    warnings: list[checks.CheckMessage] = []
-    for alias, config in settings.DATABASES.items():
-        if "sqlite3" not in str(config.get("ENGINE", "")):
-            continue
-        mode = str((config.get("OPTIONS") or {}).get("transaction_mode") or "").upper()
-        if mode != "IMMEDIATE":
-            warnings.append(
-                checks.Warning(
-                    W004_MSG.format(alias=alias), hint=W004_HINT, id="slice_connect.W004"
-                )
-            )
-    return warnings
+    """SQLite must take the write lock when a renewal's transaction starts.
+
+    Only the database credentials are written to (``router.db_for_write``) is checked.
+    """
+    from django.db import router
+
+    from .models import SliceCredential
+
+    alias = router.db_for_write(SliceCredential) or "default"
+    config = settings.DATABASES.get(alias) or {}
+    if "sqlite3" not in str(config.get("ENGINE", "")):
+        return []
+    mode = str((config.get("OPTIONS") or {}).get("transaction_mode") or "").upper()
+    if mode == "IMMEDIATE":
+        return []
+    return [checks.Warning(W004_MSG.format(alias=alias), hint=W004_HINT, id="slice_connect.W004")]
 
 
 def fatal_problems() -> list[checks.CheckMessage]:

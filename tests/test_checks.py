@@ -499,7 +499,17 @@ def w004(alias: str) -> CheckMessage:
                     "OPTIONS": {"transaction_mode": "DEFERRED"},
                 },
             },
-            ["other"],
+            [],  # "other" holds no credentials
+        ),
+        (
+            {
+                "default": {
+                    "ENGINE": "django.db.backends.sqlite3",
+                    "OPTIONS": {"transaction_mode": "DEFERRED"},
+                },
+                "other": {"ENGINE": "django.db.backends.sqlite3"},
+            },
+            ["default"],
         ),
         ({"default": {"ENGINE": "django.db.backends.postgresql"}}, []),
         (
@@ -512,7 +522,7 @@ def w004(alias: str) -> CheckMessage:
             [],
         ),
     ],
-    ids=["no-options", "one-of-two", "postgres", "lower-case"],
+    ids=["no-options", "only-the-credentials-database", "deferred", "postgres", "lower-case"],
 )
 def test_w004_sqlite_without_immediate_transactions(
     good: Any, monkeypatch: pytest.MonkeyPatch, databases: dict[str, Any], expected: list[str]
