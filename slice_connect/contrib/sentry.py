@@ -58,6 +58,7 @@ __all__ = [
     "before_send_transaction",
     "scrub",
     "scrub_event",
+    "scrub_text",
 ]
 
 FILTERED = "[Filtered]"
