@@ -130,7 +130,9 @@ def test_rows_written_under_k1_are_readable_with_k2_k1(
     with override_settings(FERNET_KEYS=["key-two"]):
         assert SliceCredential.objects.get(pk=credential.pk).access_token == "a-one"
     with override_settings(FERNET_KEYS=["key-one"]):
-        assert isinstance(SliceCredential.objects.get(pk=credential.pk).access_token, UnreadableToken)
+        assert isinstance(
+            SliceCredential.objects.get(pk=credential.pk).access_token, UnreadableToken
+        )
     assert k1_bytes != raw_tokens(credential.pk)
 
 
