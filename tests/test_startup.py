@@ -8,9 +8,11 @@ encrypt under ``SECRET_KEY``) at the first request. Each case starts a real subp
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -267,3 +269,72 @@ def test_celery_worker_starts_with_a_good_configuration(tmp_path: Path) -> None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
     assert "slice_connect cannot start" not in log.read_text(errors="replace")
+
+
+# -- a real ASGI server (uvicorn, a test dependency) ------------------------------------------
+
+
+def uvicorn(environment: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "uvicorn", "--factory", "--port", str(port)]
+    command += ["--host", "127.0.0.1", "django.core.asgi:get_asgi_application"]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def test_uvicorn_refuses_to_start(tmp_path: Path) -> None:
+    environment, ids = fatal_env("everything")
+    log = tmp_path / "uvicorn.log"
+    process = uvicorn(environment, log, free_port())
+    try:
+        returncode = process.wait(timeout=120)
+    finally:
+        stop(process)
+    output = log.read_text(errors="replace")
+    assert returncode != 0, output[-3000:]
+    assert "slice_connect cannot start" in output
+    for check_id in ids:
+        assert f"slice_connect.{check_id}" in output
+    assert "Uvicorn running" not in output
+
+
+def test_uvicorn_serves_with_a_good_configuration(tmp_path: Path) -> None:
+    log, port = tmp_path / "uvicorn.log", free_port()
+    process = uvicorn(env(), log, port)
+    try:
+        deadline = time.monotonic() + 90
+        while "Uvicorn running" not in log.read_text(errors="replace"):
+            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.2)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/slice/authorize/")
+        answer = connection.getresponse()
+        connection.close()
+        assert answer.status == 302  # to the login page: the app is up and serving
+        assert answer.getheader("Location", "").startswith("/accounts/login/")
+    finally:
+        stop(process)
