@@ -236,6 +236,11 @@ def _definitely_not_sent(exc: requests.RequestException) -> bool:
     return False
 
 
+#: Codes of the failures where Slice did not answer at all (never sent, or answer lost).
+NO_ANSWER_CODES = frozenset(
+    {"connect_error", "unencodable_request", "timeout", "connection_error", "tls_error"}
+)
+
 #: Refused while preparing the request, before anything went on the wire.
 NOT_SENDABLE = (
     requests.exceptions.InvalidHeader,

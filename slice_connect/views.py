@@ -20,7 +20,7 @@ from django.views.decorators.clickjacking import xframe_options_deny
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_variables
 
-from . import oauth, services, states
+from . import http, oauth, services, states
 from .conf import app_settings
 from .exceptions import (
     ConfigurationError,
@@ -274,7 +274,8 @@ class CallbackView(View):
                 502,
                 retry=False,
             )
-        unusable_answer = isinstance(exc, ResponseLost) and exc.code != ResponseLost.code
+        no_answer = exc.code in http.NO_ANSWER_CODES or exc.code.startswith("http_")
+        unusable_answer = isinstance(exc, ResponseLost) and not no_answer
         if isinstance(exc, TransientError) and not unusable_answer:
             return CallbackRejected(
                 _("Slice is not available right now. Please try again in a moment."), 502

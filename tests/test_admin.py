@@ -396,7 +396,7 @@ def test_renew_now_action(
     [
         ({"status": 400, "json": {"error": "invalid_grant"}}, "invalid_grant"),
         ({"status": 503}, "http_503"),
-        ({"body": requests.ReadTimeout("slow")}, "response_lost"),
+        ({"body": requests.ReadTimeout("slow")}, "timeout"),
         ({"status": 401, "json": {"error": "invalid_client"}}, "invalid_client"),
     ],
     ids=["invalid_grant", "503", "timeout", "invalid_client"],
@@ -669,3 +669,38 @@ def test_admin_actions_leave_log_entries_without_tokens(
     history = admin_client.get(url("history", bob.pk))
     assert "Renew now failed: needs_reauth" in history.content.decode()
     assert_no_tokens(history.content.decode(), all_canaries(rows))
+
+
+def test_save_model_refuses_whoever_calls_it(
+    admin_client: Client, rows: dict[str, SliceCredential]
+) -> None:
+    from django.contrib import admin as django_admin
+    from django.core.exceptions import PermissionDenied
+    from django.test import RequestFactory
+
+    model_admin = django_admin.site._registry[SliceCredential]
+    request = RequestFactory().post("/")
+    request.user = rows["alice"].user
+    before = row_state(rows["alice"].pk)
+    with pytest.raises(PermissionDenied):
+        model_admin.save_model(request, rows["alice"], None, True)
+    assert row_state(rows["alice"].pk) == before
+
+
+def test_unlink_history_says_when_revocation_is_off(
+    admin_client: Client,
+    rows: dict[str, SliceCredential],
+    slice_api: responses.RequestsMock,
+    settings: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from django.contrib.admin.models import LogEntry
+
+    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "REVOKE_ON_UNLINK": False}
+    with django_capture_on_commit_callbacks(execute=True):
+        run_action(admin_client, "unlink", rows["alice"].pk)
+    assert revoked_tokens(slice_api) == []
+    assert [e.change_message for e in LogEntry.objects.all()] == [
+        "Unlinked alice and deleted the credential; not revoked at Slice (revocation is "
+        "turned off)."
+    ]

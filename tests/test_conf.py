@@ -36,6 +36,8 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "REDIRECT_URI": None,
     "USE_PKCE": True,
     "HTTP_TIMEOUT": (3.05, 10.0),
+    "API_MAX_RESPONSE_BYTES": 10 * 1024 * 1024,
+    "API_MAX_PAGES": 1000,
     "LINK_SUCCESS_URL": "/",
     "STATE_TTL": timedelta(minutes=10),
     "MAX_PENDING_STATES": 10,
