@@ -492,3 +492,37 @@ def test_sentry_sdk_is_optional() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "code=[Filtered]"
+
+
+def test_scrub_edges(settings: Any) -> None:
+    # A frame without a module is recognised by its path; odd frames and values survive.
+    frames = [
+        "not a frame",
+        {"filename": "site-packages/slice_connect/oauth.py", "vars": {"x": "1"}},
+        {"module": "requests.api", "vars": {"y": "2"}},
+        None,
+    ]
+    out = slice_sentry.scrub_event({"threads": {"values": [{"stacktrace": {"frames": frames}}]}})
+    kept = out["threads"]["values"][0]["stacktrace"]["frames"]
+    assert kept[0] == "not a frame" and kept[3] is None
+    assert "vars" not in kept[1] and "vars" not in kept[2]
+    # Tuples, numbers, empty secret values and cycles in raw breadcrumb data.
+    crumb: dict[str, Any] = {"data": {"pair": ("state=s", 3), "code": "", "token": None}}
+    crumb["data"]["self"] = crumb
+    out = slice_sentry.before_breadcrumb(crumb, {})
+    assert out["data"]["pair"] == ("state=[Filtered]", 3)
+    assert out["data"]["code"] == "" and out["data"]["token"] is None
+    # Containers nested deeper than any serialized event are replaced whole.
+    deep: list[Any] = ["token=t"]
+    for _ in range(slice_sentry.MAX_DEPTH + 5):
+        deep = [deep]
+    inner = slice_sentry.scrub(deep)
+    for _ in range(slice_sentry.MAX_DEPTH):
+        inner = inner[0]
+    assert inner == [slice_sentry.FILTERED]
+    assert slice_sentry.scrub_event({"exception": {"values": ["odd", None]}})["exception"]
+    # A short or missing client secret is not treated as a literal to replace.
+    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "CLIENT_SECRET": "abc"}
+    assert slice_sentry.scrub_text("abc") == "abc"
+    settings.SLICE_CONNECT = "not a dict"
+    assert slice_sentry.scrub_text("x=1 code=2") == "x=1 code=[Filtered]"

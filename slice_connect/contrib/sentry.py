@@ -91,7 +91,7 @@ _AUTHORIZATION = re.compile(r"(?i)((?:proxy-)?authorization\s*:\s*)((?:(?!\\r|\\
 #: Source lines around a frame: code, not data (only a literal secret is filtered there).
 SOURCE_KEYS = frozenset({"pre_context", "context_line", "post_context"})
 
-#: Deeper than any serialized event: a guard against cycles in raw breadcrumb data.
+#: Deeper than any serialized event: containers below this depth are replaced whole.
 MAX_DEPTH = 64
 
 #: Frames of these modules (and every frame they called) lose their local variables.
@@ -174,40 +174,47 @@ def _scrub_frames(frames: list[Any]) -> None:
             frame.pop("vars", None)
 
 
-def scrub(value: Any, literals: list[str] | None = None, _depth: int = 0) -> Any:
+def scrub(value: Any, literals: list[str] | None = None) -> Any:
     """Return ``value`` (a dict, list or string; changed in place where possible) scrubbed.
 
     Other objects are returned as they are.
     """
     if literals is None:
         literals = _literal_secrets()
-    if _depth > MAX_DEPTH:
-        return FILTERED
+    return _scrub(value, literals, 0, set())
+
+
+def _scrub(value: Any, literals: list[str], depth: int, seen: set[int]) -> Any:
     if isinstance(value, str):
         return scrub_text(value, literals)
     if isinstance(value, (bytes, bytearray)):
         return scrub_text(bytes(value).decode("utf-8", "replace"), literals)
-    if isinstance(value, dict):
-        frames = value.get("frames")
-        if isinstance(frames, list):
-            _scrub_frames(frames)
-        for key in list(value):
-            if key == "_meta":  # sentry's own annotations: lengths and remarks, no data
-                continue
-            if isinstance(key, str) and _normalized(key) in SECRET_KEYS:
-                if value[key] not in (None, ""):
-                    value[key] = FILTERED
-            elif key in SOURCE_KEYS:
-                value[key] = _replace_literals(value[key], literals)
-            else:
-                value[key] = scrub(value[key], literals, _depth + 1)
+    if not isinstance(value, (dict, list, tuple)):
         return value
+    if depth > MAX_DEPTH:
+        return FILTERED
+    if id(value) in seen:  # a cycle (raw breadcrumb data): already being scrubbed
+        return value
+    seen.add(id(value))
+    if isinstance(value, tuple):
+        return tuple(_scrub(item, literals, depth + 1, seen) for item in value)
     if isinstance(value, list):
         for index, item in enumerate(value):
-            value[index] = scrub(item, literals, _depth + 1)
+            value[index] = _scrub(item, literals, depth + 1, seen)
         return value
-    if isinstance(value, tuple):
-        return tuple(scrub(item, literals, _depth + 1) for item in value)
+    frames = value.get("frames")
+    if isinstance(frames, list):
+        _scrub_frames(frames)
+    for key in list(value):
+        if key == "_meta":  # sentry's own annotations: lengths and remarks, no data
+            continue
+        if isinstance(key, str) and _normalized(key) in SECRET_KEYS:
+            if value[key] not in (None, ""):
+                value[key] = FILTERED
+        elif key in SOURCE_KEYS:
+            value[key] = _replace_literals(value[key], literals)
+        else:
+            value[key] = _scrub(value[key], literals, depth + 1, seen)
     return value
 
 
