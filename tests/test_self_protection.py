@@ -148,7 +148,7 @@ def test_callback_pages_are_not_cached_or_framed(browser: Client, query: dict[st
 
 
 def test_unlink_pages_are_not_cached_or_framed(browser: Client) -> None:
-    # GET is not allowed (405), whatever it renders; a POST with no link still answers.
+    # GET is not allowed (405), whatever page comes with that answer.
     page = browser.get(reverse("slice_connect:unlink"))
     assert page.status_code == 405
     assert_no_store(page)
