@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 #: Collections that accept ``limit``/``offset``/``since``.
 PAGED_COLLECTIONS = ("orders", "items", "shipments")
 MAX_REDIRECTS = 3
+#: A relative path of plain segments (no scheme, query, dot segments or leading slash).
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -142,6 +145,8 @@ class _BaseClient:
         base = app_settings.API_BASE_URL
         if path.startswith(("//", "\\")) or "\\" in path:
             raise ValueError("Refusing a scheme-relative or backslashed API path.")
+        if _PLAIN_PATH.fullmatch(path):
+            return base + path  # "orders", "users/self": the common case, no parsing
         url = urljoin(base, path)
         if _origin(url) != _origin(base):
             raise ValueError("Refusing to send the Slice token to another origin.")
@@ -216,6 +221,9 @@ class SliceClient(_BaseClient):
         # Every call goes through slice_connect.http: a wall-clock deadline, bodies decoded
         # and capped, redirects handled here (so the bearer token never goes off-origin).
         self.session = http.mount(session or requests.Session())
+        # Settings from the environment (proxies, .netrc, a CA bundle) are the site's to give
+        # explicitly on a session it passes in; reading them costs every call.
+        self.session.trust_env = False
 
     def __enter__(self) -> SliceClient:
         return self

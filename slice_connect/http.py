@@ -545,17 +545,9 @@ async def _afetch(
                     limit=limit,
                 )
             chunks.append(chunk)
-        headers = [
-            (name, value)
-            for name, value in streamed.headers.multi_items()
-            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
-        ]
-        return httpx.Response(
-            streamed.status_code,
-            headers=headers,
-            content=b"".join(chunks),
-            request=streamed.request,
-        )
+    # The body as read and decoded here: what .content, .text and .json() give.
+    streamed._content = b"".join(chunks)
+    return streamed
 
 
 async def asend(
