@@ -28,22 +28,18 @@ class SliceCredentialQuerySet(models.QuerySet["SliceCredential"]):
         return self.defer(*TOKEN_FIELDS)
 
     def due_for_renewal(self, now: datetime | None = None) -> SliceCredentialQuerySet:
-        """Active credentials whose refresh token expires within ``RENEW_WITHIN``.
-
-        Left out: those already renewed inside that window without getting a new refresh
-        token (a server that does not rotate), since renewing them again would change
-        nothing; they come back once expired, to be marked. See ``refresh_token_due``.
-        """
+        """Active credentials whose refresh token is due (see ``refresh_token_due``)."""
         now = now or timezone.now()
-        within = app_settings.RENEW_WITHIN
-        window_opened = models.ExpressionWrapper(
-            models.F("refresh_token_expires_at") - within, output_field=models.DateTimeField()
+        # now >= last_renewed_at + (expires - last_renewed_at) / 2, i.e.
+        # expires <= 2 * now - last_renewed_at: half the life the last renewal left is gone.
+        half_gone = models.ExpressionWrapper(
+            models.Value(now) + (models.Value(now) - models.F("last_renewed_at")),
+            output_field=models.DateTimeField(),
         )
         return self.active().filter(
             models.Q(last_renewed_at__isnull=True)
-            | models.Q(last_renewed_at__lt=window_opened)
-            | models.Q(refresh_token_expires_at__lte=now),
-            refresh_token_expires_at__lte=now + within,
+            | models.Q(refresh_token_expires_at__lte=half_gone),
+            refresh_token_expires_at__lte=now + app_settings.RENEW_WITHIN,
         )
 
     def iter_ids(self, batch_size: int | None = None) -> Iterator[int]:
@@ -177,21 +173,22 @@ class SliceCredential(models.Model):
         return self.access_token_expires_at <= now + app_settings.ACCESS_TOKEN_LEEWAY
 
     def refresh_token_due(self, now: datetime | None = None) -> bool:
-        """Whether the refresh token expires within ``RENEW_WITHIN`` and renewing helps.
+        """Whether the beat should renew the refresh token now.
 
-        A renewal inside that window that brought no new refresh token (the server does not
-        rotate, and stated no new lifetime) leaves nothing to gain from another one before
-        the token expires: the credential is not due again, so the beat does not refresh it
-        on every run. What is due follows what the server actually gave us.
+        Due when it expires within ``RENEW_WITHIN`` and at least half of the life the last
+        renewal left it is gone. With a rotating server the second part changes nothing (a
+        rotation restarts the 14 days, and RENEW_WITHIN is below that); it decides what is due
+        from what the server actually gave us otherwise: a server that does not rotate is
+        renewed at halving intervals until its token expires (a handful of times, not on every
+        beat run), and one whose refresh tokens live less than ``RENEW_WITHIN`` at half their
+        life (not on every run, and never too late).
         """
         now = now or timezone.now()
-        within = app_settings.RENEW_WITHIN
-        if self.refresh_token_expires_at > now + within:
+        expires = self.refresh_token_expires_at
+        if expires > now + app_settings.RENEW_WITHIN:
             return False
-        if self.refresh_token_expires_at <= now:
-            return True
         renewed = self.last_renewed_at
-        return renewed is None or renewed < self.refresh_token_expires_at - within
+        return renewed is None or expires <= now + (now - renewed)
 
     def needs_renewal(self, now: datetime | None = None) -> bool:
         """Whether :func:`slice_connect.services.renew` would call Slice now."""

@@ -17,6 +17,7 @@ and refuses every other with ``invalid_grant``, exactly like django-oauth-toolki
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import secrets
 from collections.abc import Callable, Iterator
@@ -211,7 +212,25 @@ def test_5xx_twice_keeps_the_journal_and_the_token(
     assert SliceCredential.objects.get(pk=credential.pk).status == "active"
 
 
-def test_a_server_that_does_not_rotate_is_renewed_once_per_window(
+def run_beat(server: StrictServer, frozen: time_machine.Traveller, hours: int) -> list[datetime]:
+    """An hourly beat for ``hours``; returns when each refresh happened."""
+    renewed_at: list[datetime] = []
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback(responses.POST, TOKEN_URL, callback=server)
+        for _hour in range(hours):
+            frozen.shift(timedelta(hours=1))
+            for pk in list(SliceCredential.objects.due_for_renewal().iter_ids()):
+                before = server.refreshes
+                try:
+                    services.renew_with_result(SliceCredential.objects.get(pk=pk))
+                except NeedsReauth:
+                    pass
+                if server.refreshes > before:
+                    renewed_at.append(datetime.now(timezone.utc))
+    return renewed_at
+
+
+def test_a_server_that_does_not_rotate_is_not_renewed_on_every_beat_run(
     user: Any,
     make_credential: Callable[..., SliceCredential],
     frozen: time_machine.Traveller,
@@ -223,23 +242,14 @@ def test_a_server_that_does_not_rotate_is_renewed_once_per_window(
         refresh_token_expires_at=T0 + timedelta(days=8),  # due in a day
     )
     server = StrictServer(live=str(credential.refresh_token), rotate=False)
-    swept = []
-    with responses.RequestsMock() as mock:
-        mock.add_callback(responses.POST, TOKEN_URL, callback=server)
-        for _hour in range(7 * 24):
-            frozen.shift(timedelta(hours=1))
-            due = list(SliceCredential.objects.due_for_renewal().iter_ids())
-            swept.append(len(due))
-            for pk in due:
-                services.renew_with_result(SliceCredential.objects.get(pk=pk))
-    # Due from day 1: renewed once; the answer held no new refresh token, so renewing again
-    # before it expires would change nothing. (Without the rule: 144 refreshes.)
-    assert server.refreshes == 1
-    assert sum(swept) == 1
+    renewed_at = run_beat(server, frozen, 7 * 24)
+    # Due from day 1; each answer held no new refresh token, so the next renewal waits for
+    # half the life left: days 1, 4.5 and 6.25 (without the rule: every run, 145 refreshes).
+    assert [round((t - T0).total_seconds() / 3600) for t in renewed_at] == [24, 108, 150]
     stored = SliceCredential.objects.get(pk=credential.pk)
     assert stored.refresh_token == credential.refresh_token
     assert stored.refresh_token_expires_at == T0 + timedelta(days=8)
-    assert not stored.refresh_token_due() and stored.status == "active"
+    assert stored.status == "active"
 
     # Once expired it is swept again, to be marked (with no request: it cannot work).
     frozen.shift(timedelta(days=1, hours=1))
@@ -247,7 +257,28 @@ def test_a_server_that_does_not_rotate_is_renewed_once_per_window(
     assert due == [credential.pk]
     with pytest.raises(NeedsReauth):
         services.renew_with_result(SliceCredential.objects.get(pk=credential.pk))
-    assert server.refreshes == 1
+    assert server.refreshes == 3
+
+
+def test_refresh_tokens_shorter_lived_than_renew_within_are_renewed_at_half_life(
+    user: Any,
+    make_credential: Callable[..., SliceCredential],
+    frozen: time_machine.Traveller,
+) -> None:
+    """A rotating server whose refresh tokens live 3 days (RENEW_WITHIN is 7): two weeks."""
+    credential = make_credential(
+        user,
+        access_token_expires_at=T0 + timedelta(hours=1),
+        refresh_token_expires_at=T0 + timedelta(days=3),
+        last_renewed_at=T0,
+    )
+    server = StrictServer(live=str(credential.refresh_token))
+    server.script = [odd(refresh_token_expires_in=3 * 24 * 3600) for _ in range(20)]
+    renewed_at = run_beat(server, frozen, 14 * 24)
+    gaps = {round((b - a).total_seconds() / 3600) for a, b in itertools.pairwise(renewed_at)}
+    assert gaps == {36} and len(renewed_at) == 9  # every 1.5 days, never every run
+    stored = SliceCredential.objects.get(pk=credential.pk)
+    assert stored.status == "active" and stored.refresh_token == server.live
 
 
 def test_a_non_rotating_answer_with_a_stated_lifetime_moves_the_expiry(
