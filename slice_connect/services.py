@@ -6,12 +6,14 @@ these functions; nothing else writes tokens or sends slice_connect's signals.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.http import HttpRequest
@@ -148,8 +150,27 @@ def unlink(credential: SliceCredential, request: HttpRequest | None = None) -> N
     function only adds the request to the signal. The instance may be a stale or partial
     copy (tokens deferred): the token revoked is the one stored when the row goes.
     """
-    credential._slice_connect_request = request  # type: ignore[attr-defined]
-    credential.delete()
+    # The request reaches credential_deleted as an argument of this call, not on the
+    # instance: it is bound to this credential's id for the duration of the delete.
+    bound = _UNLINKING.set((credential.pk, request))
+    try:
+        credential.delete()
+    finally:
+        _UNLINKING.reset(bound)
+
+
+#: The credential :func:`unlink` is deleting, and the request it was called with.
+_UNLINKING: ContextVar[tuple[Any, HttpRequest | None] | None] = ContextVar(
+    "slice_connect_unlinking", default=None
+)
+
+
+def _unlink_request(instance: SliceCredential) -> HttpRequest | None:
+    """The request :func:`unlink` was given for ``instance``; ``None`` for other deletions."""
+    unlinking = _UNLINKING.get()
+    if unlinking is None or unlinking[0] != instance.pk:
+        return None
+    return unlinking[1]
 
 
 #: Where :func:`credential_deleting` leaves the live refresh token for :func:`credential_deleted`.
@@ -197,7 +218,7 @@ def _revoke_on_commit(token: Any, *, keep: Any = None) -> None:
 @sensitive_variables("token")
 def credential_deleted(sender: Any, instance: SliceCredential, **kwargs: Any) -> None:
     """``post_delete`` receiver: after commit, revoke at Slice and send the signal."""
-    request = getattr(instance, "_slice_connect_request", None)
+    request = _unlink_request(instance)
     token: Any = instance.__dict__.pop(_LIVE_REFRESH_TOKEN, _NOT_READ)
     if token is _NOT_READ:
         # pre_delete did not run for this instance (a hand-sent signal): the loaded copy.
@@ -232,7 +253,13 @@ class RenewalResult:
 
 @contextmanager
 def _locked(pk: int) -> Iterator[SliceCredential]:
-    """Lock the credential's row for the rest of a new transaction and yield it, re-read."""
+    """Lock the credential's row in a new transaction and yield it, re-read.
+
+    A :class:`SliceConnectError` raised inside is a verdict: what was saved before it (a
+    failure recorded, a link marked, the signals queued) is committed, then it propagates.
+    Any other exception rolls the transaction back.
+    """
+    verdict: SliceConnectError | None = None
     try:
         with transaction.atomic():
             if connection.vendor == "postgresql":
@@ -240,11 +267,16 @@ def _locked(pk: int) -> Iterator[SliceCredential]:
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{millis}ms"])
             row = SliceCredential.objects.select_for_update().get(pk=pk)
-            yield row
+            try:
+                yield row
+            except SliceConnectError as exc:
+                verdict = exc
     except DatabaseError as exc:
         if getattr(exc.__cause__, "sqlstate", None) == "55P03":
             raise RenewalLockTimeout(f"Credential {pk} stayed locked too long.") from None
         raise
+    if verdict is not None:
+        raise verdict
 
 
 def _record_failure(row: SliceCredential, error: SliceConnectError, now: datetime) -> None:
@@ -264,29 +296,45 @@ BOOKKEEPING = ["failure_count", "last_error_code", "last_error_at", "renewal_sta
 STATUS_FIELDS = ["status", "status_reason", "renewal_started_at", "last_error_at"]
 
 
-def _check_usable(row: SliceCredential, now: datetime) -> NeedsReauth | None:
-    """Return the error when ``row`` cannot be renewed, marking it (unsaved) if it just broke."""
+def _refuse_unusable(row: SliceCredential, now: datetime) -> None:
+    """Raise :class:`NeedsReauth` when ``row`` cannot be renewed (inside :func:`_locked`).
+
+    A link that breaks here (undecryptable, refresh token expired) is marked and its
+    ``credential_renewal_failed`` queued; one already marked is left as it is.
+    """
     if row.status != Status.ACTIVE:
-        return NeedsReauth(
+        raise NeedsReauth(
             f"Credential {row.pk} needs the user to link Slice again.", reason=row.status_reason
         )
     if isinstance(row.refresh_token, UnreadableToken) or isinstance(
         row.access_token, UnreadableToken
     ):
         _refuse_if_keys_are_at_fault(row)
-        _mark_needs_reauth(row, Reason.UNDECRYPTABLE, now)
         logger.error("Credential %s cannot be decrypted with FERNET_KEYS.", row.pk)
-        return CredentialUnreadable(
-            f"Credential {row.pk} cannot be decrypted.", reason=Reason.UNDECRYPTABLE
+        _mark_broken(
+            row,
+            CredentialUnreadable(
+                f"Credential {row.pk} cannot be decrypted.", reason=Reason.UNDECRYPTABLE
+            ),
+            now,
         )
     if row.refresh_token_expires_at <= now:
-        _mark_needs_reauth(row, Reason.REFRESH_EXPIRED, now)
-        return NeedsReauth(
-            f"Credential {row.pk}'s refresh token expired.",
-            code=Reason.REFRESH_EXPIRED,
-            reason=Reason.REFRESH_EXPIRED,
+        _mark_broken(
+            row,
+            NeedsReauth(
+                f"Credential {row.pk}'s refresh token expired.",
+                code=Reason.REFRESH_EXPIRED,
+                reason=Reason.REFRESH_EXPIRED,
+            ),
+            now,
         )
-    return None
+
+
+def _mark_broken(row: SliceCredential, error: NeedsReauth, now: datetime) -> NoReturn:
+    _mark_needs_reauth(row, error.reason, now)
+    row.save(update_fields=STATUS_FIELDS)
+    _failed(row, error, permanent=True)
+    raise error
 
 
 def _refuse_if_keys_are_at_fault(row: SliceCredential) -> None:
@@ -354,6 +402,18 @@ def renew_with_result(
     return result
 
 
+def renew_by_id(pk: int, *, force: bool = False) -> RenewalResult:
+    """:func:`renew_with_result` for the credential with id ``pk`` (tasks, commands).
+
+    The row is read under its lock, as always; nothing is read before. Raises
+    :class:`NotLinked` when there is no such credential (unlinked meanwhile), and otherwise
+    what :func:`renew` raises. ``result.credential`` is the row as renewal left it.
+    """
+    return durable.run_durably(
+        _renew, pk, force=force, seen_version=None, refuse_on_sqlite=_refuse_in_transaction
+    )
+
+
 def _refuse_in_transaction() -> RenewalInTransaction:
     logger.error(
         "A Slice renewal was refused: it was called inside a database transaction on SQLite, "
@@ -407,139 +467,194 @@ def _needed(row: SliceCredential, now: datetime, force: bool, seen_version: int 
 
 
 def _renew(pk: int | None, *, force: bool, seen_version: int | None) -> RenewalResult:
+    """The two phases of a renewal; see :class:`Journal` for the state they keep."""
     if pk is None:
         raise NotLinked("This credential has not been saved (or was deleted).")
     try:
-        return _renew_row(pk, force=force, seen_version=seen_version)
+        attempt = _begin(pk, force=force, seen_version=seen_version)
+        if isinstance(attempt, RenewalResult):
+            return attempt
+        return _spend(pk, attempt)
     except SliceCredential.DoesNotExist:
         # Unlinked (or the user deleted) while this call was running.
         raise NotLinked(f"Credential {pk} was deleted.") from None
 
 
-def _renew_row(pk: int, *, force: bool, seen_version: int | None) -> RenewalResult:
-    # Phase 1: decide under the lock and journal the attempt, committed before any request,
-    # so that a crash after the POST leaves a trace (renewal_started_at) for the next run.
+class Journal(enum.Enum):
+    """What the journal (``renewal_started_at``, ``last_error_at``) says of the refresh token.
+
+    Read under the phase-2 lock, just before posting (:meth:`read`):
+
+    ==========  ============================================  =================================
+    state       the row holds                                 meaning
+    ==========  ============================================  =================================
+    CLEAR       no stamp                                      the refresh token is unspent
+    OWN         this attempt's stamp, no failure recorded     this attempt is about to spend it
+                after it
+    IN_DOUBT    a stamp this attempt did not set, or its own  an earlier attempt may have spent
+                with a failure recorded after it              it: it died after posting, or its
+                                                              answers were lost
+    ==========  ============================================  =================================
+
+    Transitions (phase 1 stamps a CLEAR row and commits, so the stamp survives a crash):
+
+    ==================================================  =====================================
+    phase 2 outcome                                     the journal afterwards
+    ==================================================  =====================================
+    new tokens                                          CLEAR (stamp and failures cleared)
+    ``invalid_grant``                                   link marked ``needs_reauth``; reason
+                                                        ``invalid_grant`` from OWN or CLEAR,
+                                                        ``lost_rotation`` from IN_DOUBT or
+                                                        after a lost first answer
+    answered without spending it (4xx, 429, redirect)   as phase 1 found it (our stamp gone);
+    or never sent                                       a failure is recorded
+    the answer lost twice (timeout, reset, 5xx,         IN_DOUBT: the stamp stays, a failure
+    unusable 200: one retry with the same token)        is recorded
+    configuration error (``invalid_client``, ...)       as phase 1 found it, no failure
+                                                        counted; IN_DOUBT if in doubt
+    ==================================================  =====================================
+
+    The one label IN_DOUBT can get wrong: Slice revoking the link while a sibling attempt
+    that stamped first still waits for the lock (it has not posted).
+    """
+
+    CLEAR = "clear"
+    OWN = "own"
+    IN_DOUBT = "in_doubt"
+
+    @classmethod
+    def read(cls, row: SliceCredential, own_stamp: datetime | None) -> Journal:
+        stamp = row.renewal_started_at
+        if stamp is None:
+            return cls.CLEAR
+        if stamp != own_stamp:
+            return cls.IN_DOUBT
+        if row.last_error_at is not None and row.last_error_at >= stamp:
+            return cls.IN_DOUBT
+        return cls.OWN
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What phase 1 decided: the version to renew, and the journal as it found it."""
+
+    version: int
+    stamp_before: datetime | None
+    own_stamp: datetime | None
+
+
+def _begin(pk: int, *, force: bool, seen_version: int | None) -> _Attempt | RenewalResult:
+    """Phase 1: decide under the lock and stamp the journal, committed before any request."""
     now = timezone.now()
     with _locked(pk) as row:
-        was_active = row.status == Status.ACTIVE
-        problem = _check_usable(row, now)
-        if problem is None and not _needed(row, now, force, seen_version):
+        _refuse_unusable(row, now)
+        if not _needed(row, now, force, seen_version):
             return RenewalResult(row, renewed=False)
-        if problem is None:
-            started = row.renewal_started_at
-            own_stamp = None
-            if started is None:
-                row.renewal_started_at = own_stamp = now
-                row.save(update_fields=["renewal_started_at"])
-            version = row.version
-        elif was_active:
-            row.save(update_fields=STATUS_FIELDS)
-            _failed(row, problem, permanent=True)
-    if problem is not None:
-        raise problem
+        stamp_before = row.renewal_started_at
+        if stamp_before is None:
+            row.renewal_started_at = now
+            row.save(update_fields=["renewal_started_at"])
+        return _Attempt(row.version, stamp_before, now if stamp_before is None else None)
 
-    # Phase 2: the single flight. Whoever holds the lock first spends the refresh token;
-    # the others find a new version and return the sibling's tokens.
+
+@sensitive_variables()  # every local, and the frames below (HTTP stack, ORM save)
+def _spend(pk: int, attempt: _Attempt) -> RenewalResult:
+    """Phase 2, the single flight: whoever holds the lock first spends the refresh token.
+
+    The others find a new version and return the sibling's tokens.
+    """
     with _locked(pk) as row:
         if row.status != Status.ACTIVE:
             raise NeedsReauth(
                 f"Credential {pk} needs the user to link Slice again.", reason=row.status_reason
             )
-        if row.version != version:
+        if row.version != attempt.version:
             return RenewalResult(row, renewed=False)
-        lost = _maybe_spent(row, own_stamp)
-        outcome = _spend_refresh_token(row, started_before=started, lost=lost)
-        if outcome is None:
-            _send_on_commit(signals.credential_renewed, credential=row)
-        elif not isinstance(outcome, ConfigurationError):
-            _failed(row, outcome, permanent=isinstance(outcome, NeedsReauth))
-    if outcome is not None:
-        raise outcome
-    return RenewalResult(row, renewed=True)
+        tokens = _post_refresh(row, attempt, Journal.read(row, attempt.own_stamp))
+        _store(row, tokens)
+        _send_on_commit(signals.credential_renewed, credential=row)
+        return RenewalResult(row, renewed=True)
 
 
-def _maybe_spent(row: SliceCredential, own_stamp: datetime | None) -> bool:
-    """Whether the journal says the row's refresh token may already have been spent.
+@sensitive_variables()  # the refresh token, and the HTTP stack's frames below
+def _post_refresh(row: SliceCredential, attempt: _Attempt, journal: Journal) -> oauth.TokenSet:
+    """POST the refresh (once more with the same token if the answer was lost).
 
-    Read under the phase-2 lock, just before posting. A stamp this attempt did not set was
-    left by an attempt that may have posted and then died (a worker killed after the POST,
-    whose task Celery redelivers at once) or that is still waiting for the lock (it has not
-    posted: the one case the label can get wrong, and only if Slice also revoked the token
-    meanwhile). Our own stamp counts too once a sibling recorded a failure after it: its
-    answers were lost and it kept the stamp on purpose.
+    Every failure is recorded on the row and raised here, as the journal's table says.
     """
-    stamp = row.renewal_started_at
-    if stamp is None:
-        return False
-    if stamp != own_stamp:
-        return True
-    return row.last_error_at is not None and row.last_error_at >= stamp
-
-
-def _failed(row: SliceCredential, error: SliceConnectError, *, permanent: bool) -> None:
-    _send_on_commit(
-        signals.credential_renewal_failed, credential=row, error=error, permanent=permanent
-    )
-
-
-@sensitive_variables()  # every local, and the frames below (HTTP stack, ORM save)
-def _spend_refresh_token(
-    row: SliceCredential, *, started_before: datetime | None, lost: bool
-) -> SliceConnectError | None:
-    """POST the refresh under the lock; save the outcome; return the error, if any."""
+    in_doubt = journal is Journal.IN_DOUBT
     refresh_token = row.refresh_token
     assert isinstance(refresh_token, str)
-    retried = False
-    while True:
+    try:
         try:
-            tokens = oauth.refresh(refresh_token)
-            break
-        except ResponseLost as exc:
-            # Slice may have rotated the token and we never saw the new one. Try once more
-            # with the same token: a server with a grace window answers; a strict one says
+            return oauth.refresh(refresh_token)
+        except ResponseLost:
+            # Slice may have rotated the token and we never saw the new one. Once more with
+            # the same token: a server with a grace window answers; a strict one says
             # invalid_grant, which is then a lost rotation, not a revoked link.
-            lost = True
-            if retried:
-                now = timezone.now()
-                _record_failure(row, exc, now)
-                row.renewal_started_at = row.renewal_started_at or now
-                row.save(update_fields=BOOKKEEPING)
-                return exc
-            retried = True
-        except TokenRequestFailed:
-            now = timezone.now()
-            reason = Reason.LOST_ROTATION if lost else Reason.INVALID_GRANT
-            error = NeedsReauth(
-                f"Slice refused credential {row.pk}'s refresh token.", code=reason, reason=reason
-            )
-            _record_failure(row, error, now)
-            _mark_needs_reauth(row, reason, now)
-            row.save(update_fields=[*STATUS_FIELDS, "failure_count", "last_error_code"])
-            log = logger.error if lost else logger.warning
-            log("Credential %s needs re-link: %s.", row.pk, reason)
-            return error
-        except ConfigurationError as exc:
-            logger.critical(
-                "Slice rejected our OAuth client (%s) while renewing credential %s: check "
-                "SLICE_CONNECT['CLIENT_ID'] and ['CLIENT_SECRET']. No user was marked.",
-                exc.code,
-                row.pk,
-            )
-            if lost:
-                # A lost first answer may have rotated the token: keep the journal, and
-                # record the failure so the next attempt knows the stamp is not a live one.
-                _record_failure(row, exc, timezone.now())
-            else:
-                row.renewal_started_at = started_before
-            row.save(update_fields=BOOKKEEPING)
-            return exc
-        except (TransientError, InvalidTokenResponse) as exc:
-            now = timezone.now()
-            _record_failure(row, exc, now)
-            # The request was answered or never sent, so the token was not spent by it.
-            row.renewal_started_at = started_before if not lost else row.renewal_started_at
-            row.save(update_fields=BOOKKEEPING)
-            return exc
+            in_doubt = True
+            return oauth.refresh(refresh_token)
+    except TokenRequestFailed:
+        _refused(row, lost=in_doubt)
+    except ConfigurationError as exc:
+        _misconfigured(row, exc, attempt, in_doubt=in_doubt)
+    except (TransientError, InvalidTokenResponse) as exc:
+        # ResponseLost included: a second lost answer keeps the journal in doubt.
+        _not_renewed(row, exc, attempt, in_doubt=in_doubt or isinstance(exc, ResponseLost))
+
+
+def _refused(row: SliceCredential, *, lost: bool) -> NoReturn:
+    """Slice refused the refresh token: the link is dead, and why is recorded."""
+    reason = Reason.LOST_ROTATION if lost else Reason.INVALID_GRANT
+    error = NeedsReauth(
+        f"Slice refused credential {row.pk}'s refresh token.", code=reason, reason=reason
+    )
+    now = timezone.now()
+    _record_failure(row, error, now)
+    _mark_needs_reauth(row, reason, now)
+    row.save(update_fields=[*STATUS_FIELDS, "failure_count", "last_error_code"])
+    (logger.error if lost else logger.warning)("Credential %s needs re-link: %s.", row.pk, reason)
+    _failed(row, error, permanent=True)
+    raise error
+
+
+def _misconfigured(
+    row: SliceCredential, error: ConfigurationError, attempt: _Attempt, *, in_doubt: bool
+) -> NoReturn:
+    """Slice rejected our client: the site's fault, so no user is marked or signalled."""
+    logger.critical(
+        "Slice rejected our OAuth client (%s) while renewing credential %s: check "
+        "SLICE_CONNECT['CLIENT_ID'] and ['CLIENT_SECRET']. No user was marked.",
+        error.code,
+        row.pk,
+    )
+    if in_doubt:
+        # The token may be spent: keep the journal and record the failure, so the next
+        # attempt knows the stamp is not a live one.
+        _record_failure(row, error, timezone.now())
+    else:
+        row.renewal_started_at = attempt.stamp_before
+    row.save(update_fields=BOOKKEEPING)
+    raise error
+
+
+def _not_renewed(
+    row: SliceCredential, error: SliceConnectError, attempt: _Attempt, *, in_doubt: bool
+) -> NoReturn:
+    """A failure that leaves the link as it was: recorded, and the journal kept or restored."""
+    now = timezone.now()
+    _record_failure(row, error, now)
+    if not in_doubt:
+        row.renewal_started_at = attempt.stamp_before  # answered or never sent: unspent
+    elif row.renewal_started_at is None:
+        row.renewal_started_at = now  # a sibling cleared the stamp meanwhile: set it again
+    row.save(update_fields=BOOKKEEPING)
+    _failed(row, error, permanent=False)
+    raise error
+
+
+def _store(row: SliceCredential, tokens: oauth.TokenSet) -> None:
+    """Save the new tokens with the rotation, in the transaction that spent the old one."""
     now = timezone.now()
     row.access_token = tokens.access_token
     if tokens.refresh_token:
@@ -561,4 +676,9 @@ def _spend_refresh_token(
     row.last_error_at = None
     row.save()
     logger.info("Renewed Slice credential %s (version %s).", row.pk, row.version)
-    return None
+
+
+def _failed(row: SliceCredential, error: SliceConnectError, *, permanent: bool) -> None:
+    _send_on_commit(
+        signals.credential_renewal_failed, credential=row, error=error, permanent=permanent
+    )
