@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import hypothesis  # imported before any test: a late import crashed CPython 3.11.7 AST
 import pytest
 import requests
+import responses
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 from urllib3.exceptions import MaxRetryError
@@ -33,6 +34,14 @@ from tests import profiles
 hypothesis.settings.register_profile("ci", max_examples=1000)
 hypothesis.settings.register_profile("dev", max_examples=200)
 hypothesis.settings.load_profile(profiles.HYPOTHESIS_PROFILE)
+
+# The mocked Slice's endpoints, as tests/settings.py configures them.
+SLICE = "https://slice.test"
+AUTHORIZE_URL = f"{SLICE}/oauth/authorize"
+TOKEN_URL = f"{SLICE}/oauth/token"
+REVOKE_URL = f"{SLICE}/oauth/revoke"
+API = f"{SLICE}/api/v1/"
+API_URL = f"{API}users/self"
 
 REDIS_URL = os.environ.get("SLICE_CONNECT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 CHROMIUM = os.environ.get("SLICE_CONNECT_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -135,6 +144,20 @@ def make_credential(db: Any) -> Callable[..., SliceCredential]:
         return SliceCredential.objects.create(user=user, **values)
 
     return make
+
+
+# -- Slice, mocked (for fault injection and unit edges) -----------------------------------------
+
+
+@pytest.fixture
+def slice_mock() -> Iterator[responses.RequestsMock]:
+    """Slice at ``https://slice.test``: nothing answers until a test registers it.
+
+    A request to a URL nobody registered fails the test (``ConnectionError``); registered
+    answers need not all be used.
+    """
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
 
 
 # -- the Slice sandbox as a live peer ---------------------------------------------------------

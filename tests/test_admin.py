@@ -20,13 +20,12 @@ from django.utils import timezone
 
 from slice_connect import signals
 from slice_connect.models import SliceCredential
+from tests.conftest import REVOKE_URL, TOKEN_URL
 
 from .raw import TABLE, raw_tokens
 
 pytestmark = pytest.mark.django_db
 
-TOKEN_URL = "https://slice.test/oauth/token"
-REVOKE_URL = "https://slice.test/oauth/revoke"
 CHANGELIST = "admin:slice_connect_slicecredential_changelist"
 
 

@@ -25,6 +25,7 @@ from django.urls import reverse
 
 from slice_connect import api_views, oauth, services, signals, states
 from slice_connect.models import SliceCredential
+from tests.conftest import REVOKE_URL, TOKEN_URL
 
 from .conftest import query_of
 from .flow import consent
@@ -36,8 +37,6 @@ STATUS = "/slice/api/status/"
 AUTHORIZE = "/slice/api/authorize/"
 UNLINK = "/slice/api/unlink/"
 CALLBACK = "/slice/callback/"
-TOKEN_URL = "https://slice.test/oauth/token"
-REVOKE_URL = "https://slice.test/oauth/revoke"
 STATUS_FIELDS = {
     "linked",
     "status",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -22,22 +22,15 @@ from example_project.slice_sandbox.data import ORDER_COUNT, build_dataset
 from slice_connect.client import SliceClient
 from slice_connect.exceptions import ApiError, NeedsReauth, NotLinked, TransientError
 from slice_connect.models import SliceCredential
+from tests.conftest import API, TOKEN_URL
 
 from .flow import link
 
-API = "https://slice.test/api/v1/"
-TOKEN_URL = "https://slice.test/oauth/token"
 EVIL = "https://evil.test/"
 NEW_ACCESS = "renewed-access-77d0c1a9"
 NEW_REFRESH = "renewed-refresh-0b6e2f18"
 
 MakeCredential = Callable[..., SliceCredential]
-
-
-@pytest.fixture
-def slice_mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 @pytest.fixture

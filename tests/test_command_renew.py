@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from io import StringIO
@@ -16,10 +16,10 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from slice_connect.models import SliceCredential
+from tests.conftest import TOKEN_URL
 
 pytestmark = pytest.mark.django_db
 
-TOKEN_URL = "https://slice.test/oauth/token"
 SUMMARY = re.compile(r"^renewed: (\d+), failed: (\d+), skipped: (\d+)$", re.MULTILINE)
 
 MakeCredential = Callable[..., SliceCredential]
@@ -41,12 +41,6 @@ def run(*args: str) -> Output:
     out, err = StringIO(), StringIO()
     call_command("slice_connect_renew", *args, stdout=out, stderr=err)
     return Output(out.getvalue(), err.getvalue())
-
-
-@pytest.fixture
-def slice_mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 class TokenEndpoint:

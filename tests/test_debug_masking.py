@@ -23,9 +23,9 @@ from django.views.debug import ExceptionReporter
 
 from slice_connect import oauth
 from slice_connect.exceptions import SliceConnectError
+from tests.conftest import TOKEN_URL
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
-TOKEN_URL = "https://slice.test/oauth/token"
 
 
 def security_section() -> str:

@@ -28,12 +28,9 @@ from slice_connect import durable, oauth, services, states
 from slice_connect.client import SliceClient
 from slice_connect.exceptions import ConfigurationError, NeedsReauth
 from slice_connect.models import CallbackClaim, SliceCredential
+from tests.conftest import API_URL, REVOKE_URL, TOKEN_URL
 
 from .urls import urlpatterns as site_urlpatterns
-
-TOKEN_URL = "https://slice.test/oauth/token"
-REVOKE_URL = "https://slice.test/oauth/revoke"
-API_URL = "https://slice.test/api/v1/users/self"
 
 
 class Boom(Exception):

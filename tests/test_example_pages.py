@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,22 +11,16 @@ import responses
 
 from example_project.views import dollars, in_words
 from slice_connect.models import SliceCredential
+from tests.conftest import API
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.urls_example")]
 
-API = "https://slice.test/api/v1/"
 EXAMPLE_TEMPLATES = Path(__file__).resolve().parent.parent / "example_project" / "templates"
 
 
 @pytest.fixture(autouse=True)
 def example_pages(settings: Any) -> None:
     settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [EXAMPLE_TEMPLATES]}]
-
-
-@pytest.fixture
-def slice_api() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 @pytest.fixture
@@ -51,15 +44,15 @@ def test_not_linked_offers_connect(logged_in: Any) -> None:
 
 
 def test_linked_shows_profile_and_orders(
-    logged_in: Any, user: Any, make_credential: Any, slice_api: responses.RequestsMock
+    logged_in: Any, user: Any, make_credential: Any, slice_mock: responses.RequestsMock
 ) -> None:
     make_credential(user)
-    slice_api.get(f"{API}users/self", json={"result": {"firstName": "Ada", "lastName": "Byron"}})
+    slice_mock.get(f"{API}users/self", json={"result": {"firstName": "Ada", "lastName": "Byron"}})
     orders = [
         {"orderTitle": "Older", "orderDate": "2025-01-02", "orderTotal": 123456},
         {"orderTitle": "Newer", "orderDate": "2025-03-04", "orderTotal": 999},
     ]
-    slice_api.get(f"{API}orders", json={"result": orders, "currentTime": 0})
+    slice_mock.get(f"{API}orders", json={"result": orders, "currentTime": 0})
     page = logged_in.get("/").content.decode()
     assert 'id="link-status">Linked<' in page
     assert "Ada Byron" in page
@@ -67,7 +60,7 @@ def test_linked_shows_profile_and_orders(
     assert "$1,234.56" in page and "$9.99" in page
     assert 'action="/slice/unlink/"' in page
     assert "Connect Slice" not in page
-    auth = {c.request.headers["Authorization"] for c in slice_api.calls}
+    auth = {c.request.headers["Authorization"] for c in slice_mock.calls}
     assert auth == {f"Bearer {SliceCredential.objects.get(user=user).access_token}"}
 
 
@@ -82,13 +75,13 @@ def test_api_errors_are_friendly(
     logged_in: Any,
     user: Any,
     make_credential: Any,
-    slice_api: responses.RequestsMock,
+    slice_mock: responses.RequestsMock,
     status: int,
     message: str,
     reconnect: bool,
 ) -> None:
     make_credential(user)
-    slice_api.get(f"{API}users/self", status=status, json={"error": "nope"})
+    slice_mock.get(f"{API}users/self", status=status, json={"error": "nope"})
     response = logged_in.get("/")
     page = response.content.decode()
     assert response.status_code == 200
@@ -97,14 +90,14 @@ def test_api_errors_are_friendly(
 
 
 def test_needs_reauth_offers_reconnect_without_calling_slice(
-    logged_in: Any, user: Any, make_credential: Any, slice_api: responses.RequestsMock
+    logged_in: Any, user: Any, make_credential: Any, slice_mock: responses.RequestsMock
 ) -> None:
     make_credential(user, status="needs_reauth", status_reason="invalid_grant")
     page = logged_in.get("/").content.decode()
     assert 'id="link-status">Needs re-link<' in page
     assert "Your Slice link stopped working (Slice refused the refresh token)." in page
     assert "Reconnect Slice" in page
-    assert not slice_api.calls
+    assert not slice_mock.calls
 
 
 def test_formatting_helpers() -> None:

@@ -53,10 +53,10 @@ from hypothesis import strategies as st
 from slice_connect import states, views
 from slice_connect.conf import app_settings
 from slice_connect.models import SliceCredential
+from tests.conftest import TOKEN_URL
 
 pytestmark = pytest.mark.django_db
 
-TOKEN_URL = "https://slice.test/oauth/token"
 ISSUER = "https://slice.test"
 CALLBACK = "/slice/callback/"
 AUTHORIZE = "/slice/authorize/"

@@ -16,6 +16,7 @@ from django.test import Client
 import slice_connect
 from slice_connect import oauth, services, states
 from slice_connect.models import SliceCredential
+from tests.conftest import REVOKE_URL, TOKEN_URL
 
 PACKAGE = Path(slice_connect.__file__).parent
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts)
@@ -221,8 +222,6 @@ def test_oauthlib_never_generates_the_state() -> None:
 
 # -- no secrets in logs -------------------------------------------------------------------------
 
-TOKEN_URL = "https://slice.test/oauth/token"
-REVOKE_URL = "https://slice.test/oauth/revoke"
 SECRET = "CLIENTSECRET-CANARY-5b1f0c2e9d"
 TOKENS = [
     ("ACCESS1-CANARY-d41d8cd98f00", "REFRESH1-CANARY-b204e9800998"),

@@ -76,12 +76,10 @@ from slice_connect.client import SliceClient
 from slice_connect.exceptions import NeedsReauth, TransientError
 from slice_connect.fields import EncryptedTokenField
 from slice_connect.models import SliceCredential
+from tests.conftest import API_URL, REVOKE_URL, TOKEN_URL
 
 from .flow import consent, csrf_token, start_link
 
-TOKEN_URL = "https://slice.test/oauth/token"
-REVOKE_URL = "https://slice.test/oauth/revoke"
-API_URL = "https://slice.test/api/v1/users/self"
 CALLBACK_PATH = "/slice/callback/"
 AUTHORIZE_PATH = "/slice/authorize/"
 ADMIN_CHANGELIST = "/admin/slice_connect/slicecredential/"

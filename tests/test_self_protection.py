@@ -17,12 +17,10 @@ from django.test import Client
 from django.urls import reverse
 
 from slice_connect.models import SliceCredential
+from tests.conftest import AUTHORIZE_URL, REVOKE_URL, TOKEN_URL
 
 pytestmark = pytest.mark.django_db
 
-REVOKE_URL = "https://slice.test/oauth/revoke"
-TOKEN_URL = "https://slice.test/oauth/token"
-AUTHORIZE_URL = "https://slice.test/oauth/authorize"
 UNPROTECTED = (
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

@@ -17,10 +17,10 @@ from slice_connect import tasks
 from slice_connect.exceptions import TransientError
 from slice_connect.models import SliceCredential
 from slice_connect.tasks import renew_credential, renew_due_credentials, retry_delay
+from tests.conftest import TOKEN_URL
 
 pytestmark = pytest.mark.django_db
 
-TOKEN_URL = "https://slice.test/oauth/token"
 TOKEN_JSON = {
     "access_token": "task-access-3c9e",
     "refresh_token": "task-refresh-81fa",
@@ -30,12 +30,6 @@ TOKEN_JSON = {
 BASE = {"RENEW_RETRY_BACKOFF": 60, "RENEW_RETRY_BACKOFF_MAX": 1800}
 
 MakeCredential = Callable[..., SliceCredential]
-
-
-@pytest.fixture
-def slice_mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 @pytest.fixture

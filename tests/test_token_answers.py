@@ -32,10 +32,10 @@ import time_machine
 from slice_connect import services
 from slice_connect.exceptions import NeedsReauth, ResponseLost
 from slice_connect.models import SliceCredential
+from tests.conftest import TOKEN_URL
 
 pytestmark = pytest.mark.django_db
 
-TOKEN_URL = "https://slice.test/oauth/token"
 T0 = datetime(2031, 3, 14, 9, 0, 0, tzinfo=timezone.utc)
 Reason = SliceCredential.Reason
 _DROP = object()

@@ -29,11 +29,10 @@ from hypothesis import strategies as st
 
 from slice_connect import oauth, signals, states
 from slice_connect.models import CallbackClaim, SliceCredential
+from tests.conftest import REVOKE_URL, TOKEN_URL
 
 pytestmark = pytest.mark.django_db
 
-TOKEN_URL = "https://slice.test/oauth/token"
-REVOKE_URL = "https://slice.test/oauth/revoke"
 AUTHORIZE = "/slice/authorize/"
 CALLBACK = "/slice/callback/"
 UNLINK = "/slice/unlink/"
