@@ -244,10 +244,9 @@ def bare_post_function() -> Callable[[str], str]:
 def renew_function() -> Callable[[int], str]:
     """Side B's unit of work: what the Celery task does for one due credential id."""
     from slice_connect import services
-    from slice_connect.models import SliceCredential
 
     def renew(pk: int) -> str:
-        result = services.renew_with_result(SliceCredential(pk=pk))
+        result = services.renew_by_id(pk)
         return "renewed" if result.renewed else "skipped"
 
     return renew
@@ -467,13 +466,13 @@ def step_queries(args: argparse.Namespace) -> dict[str, Any]:
     # A forced renewal of one credential (POST to the local token server).
     _user, credential = _extra_credential("bench-q-renew")
     with CaptureQueriesContext(connection) as ctx:
-        services.renew(SliceCredential(pk=credential.pk), force=True)
+        services.renew_by_id(credential.pk, force=True)
     check(SliceCredential.objects.get(pk=credential.pk).version == 2, "renewal did not renew")
     result["renewal"] = len(ctx)
     result["renewal_statements"] = _statement_kinds(ctx.captured_queries)
     # A renewal that finds nothing to do (the Celery task on a credential renewed since).
     with CaptureQueriesContext(connection) as ctx:
-        services.renew_with_result(SliceCredential(pk=credential.pk))
+        services.renew_by_id(credential.pk)
     result["renewal_not_needed"] = len(ctx)
 
     # The OAuth callback: log in, start at the authorize view, come back with a code.
@@ -718,14 +717,14 @@ def step_crypto(args: argparse.Namespace) -> dict[str, Any]:
     ids = list(SliceCredential.objects.order_by("pk").values_list("pk", flat=True)[: args.n])
     check(len(ids) == args.n, f"need {args.n} credentials, have {len(ids)}")
     for pk in ids[:20]:  # warm-up
-        services.renew(SliceCredential(pk=pk), force=True)
+        services.renew_by_id(pk, force=True)
     with (
         mock.patch.object(EncryptedTokenField, "from_db_value", from_db_value),
         mock.patch.object(EncryptedTokenField, "get_db_prep_save", get_db_prep_save),
     ):
         began = clock()
         for pk in ids:
-            services.renew(SliceCredential(pk=pk), force=True)
+            services.renew_by_id(pk, force=True)
         total = clock() - began
     per_renewal = total / args.n
     crypto = (spent["decrypt"] + spent["encrypt"]) / args.n

@@ -48,7 +48,7 @@ def retry_delay(retries: int, retry_after: float | None = None) -> float:
 def renew_credential(self: Any, credential_id: int) -> str:
     """Renew one credential if it is still due; idempotent, so redelivery costs nothing."""
     try:
-        result = services.renew_with_result(SliceCredential(pk=credential_id))
+        result = services.renew_by_id(credential_id)
     except NotLinked:
         return "gone"
     except TransientError as exc:

@@ -301,9 +301,7 @@ def test_deleting_a_link_during_its_renewal_revokes_the_live_token(
 
     def renew() -> None:
         try:
-            outcome["result"] = services.renew_with_result(
-                SliceCredential(pk=credential.pk), force=True
-            )
+            outcome["result"] = services.renew_by_id(credential.pk, force=True)
         except BaseException as exc:
             outcome["error"] = exc
         finally:

@@ -68,11 +68,11 @@ from slice_connect import services, tasks
 from slice_connect.conf import app_settings
 from slice_connect.exceptions import NeedsReauth, TransientError
 from slice_connect.models import SliceCredential
+from tests.conftest import TOKEN_URL
 from tests.profiles import pick
 
 pytestmark = pytest.mark.django_db
 
-TOKEN_URL = "https://slice.test/oauth/token"
 T0 = datetime(2031, 1, 6, 0, 0, tzinfo=timezone.utc)
 CREDENTIALS = pick(250, 1000)
 ROTATION_AGES = timedelta(days=7)  # ages spread evenly over [0, 7 d)
@@ -244,7 +244,7 @@ def in_process_beat(tally: Tally) -> None:
     """The due selection, then ``renew_with_result`` for each id (what the task does)."""
     for pk in list(SliceCredential.objects.due_for_renewal().iter_ids()):
         try:
-            result = services.renew_with_result(SliceCredential(pk=pk))
+            result = services.renew_by_id(pk)
         except TransientError:
             tally.transient += 1
         except NeedsReauth as exc:

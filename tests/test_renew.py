@@ -39,12 +39,11 @@ from slice_connect.exceptions import (
     TransientError,
 )
 from slice_connect.models import SliceCredential
+from tests.conftest import TOKEN_URL
 
 from .conftest import certificate_error
 
 pytestmark = pytest.mark.django_db
-
-TOKEN_URL = "https://slice.test/oauth/token"
 
 
 CLIENT_ID = "test-client-id"
@@ -85,12 +84,6 @@ def events() -> Iterator[Events]:
     yield captured
     signals.credential_renewed.disconnect(on_renewed)
     signals.credential_renewal_failed.disconnect(on_failed)
-
-
-@pytest.fixture
-def slice_mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 @pytest.fixture(autouse=True)
@@ -1001,7 +994,9 @@ def test_undecryptable_credential(
 
 def test_missing_credential_raises_not_linked(slice_mock: responses.RequestsMock) -> None:
     with pytest.raises(NotLinked):
-        services.renew(SliceCredential(pk=987654))
+        services.renew_by_id(987654)
+    with pytest.raises(NotLinked):
+        services.renew(SliceCredential(pk=987654))  # a stale copy of a deleted row
     assert len(slice_mock.calls) == 0
 
 

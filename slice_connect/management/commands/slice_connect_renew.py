@@ -85,7 +85,7 @@ class Command(BaseCommand):
 
     def _renew_one(self, pk: int, force: bool) -> str:
         try:
-            result = services.renew_with_result(SliceCredential(pk=pk), force=force)
+            result = services.renew_by_id(pk, force=force)
         except NotLinked:
             return "skipped"
         except NeedsReauth as exc:
