@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .conf import app_settings
-from .fields import EncryptedTokenField, UnreadableToken
+from .fields import EncryptedTokenField
 
 TOKEN_FIELDS = ("access_token", "refresh_token")
 
@@ -157,15 +157,6 @@ class SliceCredential(models.Model):
     def is_active(self) -> bool:
         """Whether the credential can be used and renewed."""
         return self.status == self.Status.ACTIVE
-
-    @property
-    def tokens_readable(self) -> bool:
-        """Whether both stored tokens decrypt with the configured keys."""
-        loaded = self.get_deferred_fields()
-        return not any(
-            name not in loaded and isinstance(getattr(self, name), UnreadableToken)
-            for name in TOKEN_FIELDS
-        )
 
     def access_token_expiring(self, now: datetime | None = None) -> bool:
         """Whether the access token expires within ``ACCESS_TOKEN_LEEWAY``."""

@@ -85,11 +85,6 @@ class TokenSet:
         return self.received_at + app_settings.REFRESH_TOKEN_LIFETIME
 
 
-def fingerprint(secret: str) -> str:
-    """A short, non-reversible label for a secret, safe for logs."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:12]
-
-
 # -- authorization request -------------------------------------------------------------
 
 

@@ -27,8 +27,8 @@ from slice_connect import services, signals
 from slice_connect.client import SliceClient
 from slice_connect.conf import app_settings
 from slice_connect.models import SliceCredential
-from slice_connect.oauth import fingerprint
 from slice_connect.tasks import renew_credential
+from tests.helpers import fingerprint
 
 from .conftest import SliceServer
 from .workers import RenewalProcesses, link_all, subprocess_env
@@ -188,7 +188,7 @@ def test_threads_renew_one_credential_with_one_refresh(
     expire_access_token(credential.pk)
 
     def call(_index: int) -> str:
-        renewed = services.renew(SliceCredential(pk=credential.pk), force=False)
+        renewed = services.renew_by_id(credential.pk, force=False).credential
         assert isinstance(renewed.access_token, str)
         return renewed.access_token
 
@@ -288,7 +288,7 @@ def test_twenty_users_renewed_concurrently_never_swap_tokens(
     expire_access_token(*(credential.pk for _user, credential in linked))
 
     def call(index: int) -> str:
-        renewed = services.renew(SliceCredential(pk=linked[index][1].pk))
+        renewed = services.renew_by_id(linked[index][1].pk).credential
         assert isinstance(renewed.access_token, str)
         return renewed.access_token
 

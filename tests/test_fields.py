@@ -15,6 +15,7 @@ from fernet_fields import hkdf
 
 from slice_connect.fields import UNREADABLE, EncryptedTokenField, UnreadableToken, current_fernet
 from slice_connect.models import TOKEN_FIELDS, SliceCredential
+from tests.helpers import tokens_readable
 
 from .raw import TABLE, raw_tokens
 
@@ -57,14 +58,14 @@ def test_ciphertext_differs_on_every_write(stored: SliceCredential) -> None:
     second = raw_tokens(stored.pk)
     assert first[0] != second[0] and first[1] != second[1]
     stored.refresh_from_db()
-    assert stored.tokens_readable
+    assert tokens_readable(stored)
 
 
 def test_round_trip(stored: SliceCredential) -> None:
     fresh = SliceCredential.objects.get(pk=stored.pk)
     assert fresh.access_token == stored.access_token
     assert fresh.refresh_token == stored.refresh_token
-    assert fresh.tokens_readable
+    assert tokens_readable(fresh)
 
 
 def test_null_stays_null(stored: SliceCredential) -> None:
@@ -159,7 +160,7 @@ def test_without_fernet_keys_secret_key_is_used_and_its_change_fails_closed(
     settings.SECRET_KEY = "rotated-secret-key"
     fresh = SliceCredential.objects.get(pk=credential.pk)
     assert isinstance(fresh.access_token, UnreadableToken)
-    assert not fresh.tokens_readable
+    assert not tokens_readable(fresh)
 
 
 def test_hkdf_off_uses_raw_fernet_keys(
@@ -181,7 +182,7 @@ def _assert_unreadable(credential: SliceCredential, name: str) -> None:
     assert not isinstance(value, (str, bytes))
     assert not value
     assert repr(value) == "<unreadable token>"
-    assert credential.tokens_readable is False
+    assert tokens_readable(credential) is False
 
 
 @pytest.mark.parametrize(
@@ -269,5 +270,5 @@ def test_deferred_tokens_count_as_readable_until_loaded(stored: SliceCredential)
     write_raw(stored.pk, "access_token", b"garbage")
     deferred = SliceCredential.objects.without_tokens().get(pk=stored.pk)
     assert deferred.get_deferred_fields() == set(TOKEN_FIELDS)
-    assert deferred.tokens_readable is True  # nothing decrypted yet
+    assert tokens_readable(deferred) is True  # nothing decrypted yet
     assert deferred.get_deferred_fields() == set(TOKEN_FIELDS)  # and nothing was loaded

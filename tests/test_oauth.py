@@ -27,11 +27,10 @@ from slice_connect.exceptions import (
     TokenRequestFailed,
     TransientError,
 )
+from tests.conftest import TOKEN_URL
+from tests.helpers import fingerprint
 
 from .conftest import certificate_error
-
-TOKEN_URL = "https://slice.test/oauth/token"
-
 
 REDIRECT_URI = "https://app.test/slice/callback/"
 STATE = "S" * 20 + "tate-value-for-the-oauth-tests"
@@ -648,6 +647,6 @@ def test_authorization_url_shape() -> None:
 
 
 def test_fingerprint_is_short_and_not_the_secret() -> None:
-    label = oauth.fingerprint(ACCESS)
+    label = fingerprint(ACCESS)
     assert len(label) == 12 and label not in ACCESS and ACCESS not in label
-    assert label == oauth.fingerprint(ACCESS) != oauth.fingerprint(REFRESH)
+    assert label == fingerprint(ACCESS) != fingerprint(REFRESH)

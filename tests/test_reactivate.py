@@ -21,10 +21,10 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 from django.utils import timezone
 
-from slice_connect import services
+from slice_connect import keys, services
 from slice_connect.exceptions import CredentialUnreadable
-from slice_connect.management.commands import slice_connect_reactivate as reactivate
 from slice_connect.models import SliceCredential
+from tests.helpers import tokens_readable
 
 from .raw import flip_bit, raw_tokens
 from .raw import write_raw_tokens as write_raw
@@ -106,7 +106,7 @@ def test_fixed_keys_bring_the_marked_credentials_back(
     with override_settings(FERNET_KEYS=[K_NEW, K_OLD]):
         back = SliceCredential.objects.get(pk=lost_key_drill["old"][0])
     assert (back.status_reason, back.failure_count, back.last_error_code) == ("", 0, "")
-    assert back.tokens_readable
+    assert tokens_readable(back)
     (expired,) = lost_key_drill["expired"]
     row = SliceCredential.objects.without_tokens().get(pk=expired)
     assert (row.status, row.status_reason) == (Status.NEEDS_REAUTH, Reason.REFRESH_EXPIRED)
@@ -168,7 +168,7 @@ def test_rows_that_changed_meanwhile_are_skipped(
     lost_key_drill: dict[str, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The decision is taken under each row's lock, on the row as it is then."""
-    listed = reactivate.Command._candidates
+    listed = keys.reactivation_candidates
     first = lost_key_drill["old"][0]
 
     def relinked_meanwhile() -> Any:
@@ -176,7 +176,7 @@ def test_rows_that_changed_meanwhile_are_skipped(
         SliceCredential.objects.filter(pk=first).update(status=Status.ACTIVE, status_reason="")
         return iter(ids)
 
-    monkeypatch.setattr(reactivate.Command, "_candidates", staticmethod(relinked_meanwhile))
+    monkeypatch.setattr(keys, "reactivation_candidates", relinked_meanwhile)
     out, _err = run(keys=[K_NEW, K_OLD])
     assert count(out, "reactivated") == 9
     assert count(out, "changed during the run (skipped)") == 1

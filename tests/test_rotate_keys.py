@@ -27,8 +27,8 @@ from django.test import override_settings
 from django.utils import timezone
 from fernet_fields import hkdf
 
+from slice_connect import keys as rotate_keys
 from slice_connect.fields import EncryptedTokenField
-from slice_connect.management.commands import slice_connect_rotate_keys as rotate_keys
 from slice_connect.models import TOKEN_FIELDS, SliceCredential
 
 from .raw import TABLE, flip_bit
@@ -39,7 +39,6 @@ pytestmark = pytest.mark.django_db
 K1, K2, K3 = (f"rotation-key-{n}-long-enough-to-be-a-secret" for n in ("one", "two", "three"))
 WRONG = "not-a-key-we-ever-used-for-anything-at-all"
 COMMAND = "slice_connect_rotate_keys"
-Command = rotate_keys.Command
 Raw = tuple[bytes, bytes]
 
 
@@ -273,29 +272,29 @@ def test_wrong_key_list_drill_rewrites_nothing_and_refuses_to_mark_anyone() -> N
 
 def crash_between_batches(monkeypatch: Any) -> None:
     """The second batch raises before it locks anything (the process died between them)."""
-    original, calls = Command._write_batch, [0]
+    original, calls = rotate_keys._write_batch, [0]
 
-    def crashing(self: Any, plans: Any, **kwargs: Any) -> Any:
+    def crashing(plans: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         if calls[0] == 2:
             raise RuntimeError("simulated crash")
-        return original(self, plans, **kwargs)
+        return original(plans, **kwargs)
 
-    monkeypatch.setattr(Command, "_write_batch", crashing)
+    monkeypatch.setattr(rotate_keys, "_write_batch", crashing)
 
 
 def crash_inside_a_batch(monkeypatch: Any) -> None:
     """The second batch writes half its rows, then raises inside its transaction."""
-    original, calls = Command._store, [0]
+    original, calls = rotate_keys._store, [0]
 
-    def crashing(self: Any, plans: Any) -> None:
+    def crashing(plans: Any) -> None:
         calls[0] += 1
         if calls[0] == 2:
-            original(self, plans[: len(plans) // 2])
+            original(plans[: len(plans) // 2])
             raise RuntimeError("simulated crash")
-        original(self, plans)
+        original(plans)
 
-    monkeypatch.setattr(Command, "_store", crashing)
+    monkeypatch.setattr(rotate_keys, "_store", crashing)
 
 
 @pytest.mark.parametrize(
@@ -343,14 +342,14 @@ def renew_in_place(pk: int, access: str, refresh: str) -> None:
 def test_renewal_between_read_and_commit_wins(monkeypatch: Any, renewal_keys: list[str]) -> None:
     tokens = seed(10)
     racer = sorted(tokens)[4]
-    original = Command._write_batch
+    original = rotate_keys._write_batch
 
-    def racing(self: Any, plans: Any, **kwargs: Any) -> Any:
+    def racing(plans: Any, **kwargs: Any) -> Any:
         with override_settings(FERNET_KEYS=renewal_keys):
             renew_in_place(racer, "CANARY-renewed-access", "CANARY-renewed-refresh")
-        return original(self, plans, **kwargs)
+        return original(plans, **kwargs)
 
-    monkeypatch.setattr(Command, "_write_batch", racing)
+    monkeypatch.setattr(rotate_keys, "_write_batch", racing)
     if renewal_keys == [K1]:
         # A process still on the old key list wrote under K1: the run says it is not done.
         with pytest.raises(CommandError, match="still under older keys"):
@@ -389,15 +388,15 @@ def test_concurrent_renewal_holding_the_row_lock_is_never_lost(monkeypatch: Any)
         finally:
             connection.close()
 
-    original = Command._write_batch
+    original = rotate_keys._write_batch
     thread = threading.Thread(target=renewal)
 
-    def racing(self: Any, plans: Any, **kwargs: Any) -> Any:
+    def racing(plans: Any, **kwargs: Any) -> Any:
         thread.start()
         assert locked.wait(10)
-        return original(self, plans, **kwargs)
+        return original(plans, **kwargs)
 
-    monkeypatch.setattr(Command, "_write_batch", racing)
+    monkeypatch.setattr(rotate_keys, "_write_batch", racing)
     run = rotate(keys=[K2, K1])
     thread.join(10)
     assert not errors
@@ -507,14 +506,14 @@ def test_empty_table() -> None:
 @pytest.fixture
 def batch_sizes(monkeypatch: Any) -> Iterator[list[int]]:
     sizes: list[int] = []
-    original = Command._batches
+    original = rotate_keys._batches
 
-    def counting(self: Any, batch_size: int) -> Iterator[Any]:
-        for batch in original(self, batch_size):
+    def counting(batch_size: int) -> Iterator[Any]:
+        for batch in original(batch_size):
             sizes.append(len(batch))
             yield batch
 
-    monkeypatch.setattr(Command, "_batches", counting)
+    monkeypatch.setattr(rotate_keys, "_batches", counting)
     yield sizes
 
 

@@ -167,8 +167,7 @@ def _renewal_script(argv: Sequence[str]) -> int:
     from django.db import connection
 
     from slice_connect import services
-    from slice_connect.models import SliceCredential
-    from slice_connect.oauth import fingerprint
+    from tests.helpers import fingerprint
 
     # Each credential at least twice, in an order of this process's own.
     plan = (options.pk * (options.calls // len(options.pk) + 1))[: options.calls]
@@ -189,7 +188,7 @@ def _renewal_script(argv: Sequence[str]) -> int:
     for pk in plan:
         entry: dict[str, Any] = {"pk": pk}
         try:
-            result = services.renew_with_result(SliceCredential(pk=pk))
+            result = services.renew_by_id(pk)
         except Exception as exc:
             entry["error"] = f"{type(exc).__name__}: {exc}"
         else:
