@@ -435,14 +435,16 @@ ACCEPT_ENCODING = "gzip, deflate"
 class _BoundedDecoder:
     """Decode one content coding (gzip, deflate or none), at most ``room`` bytes a step."""
 
+    #: zlib's ``wbits`` for each coding we decode (deflate falls back to raw, see decode).
+    WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
     def __init__(self, encoding: str) -> None:
-        codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
-        codings = [c for c in codings if c != "identity"]
-        if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
+        codings = [c.strip().lower() for c in encoding.split(",")]
+        codings = [c for c in codings if c not in ("", "identity")]
+        if len(codings) > 1 or not set(codings) <= set(self.WBITS):
             raise DecodeError(f"Unsupported content coding {encoding!r}.")
         self._coding = codings[0] if codings else ""
-        wbits = 16 + zlib.MAX_WBITS if self._coding in ("gzip", "x-gzip") else zlib.MAX_WBITS
-        self._inflater = zlib.decompressobj(wbits) if self._coding else None
+        self._inflater = zlib.decompressobj(self.WBITS[self._coding]) if codings else None
         self._first = True
 
     def decode(self, data: bytes, room: int) -> bytes:

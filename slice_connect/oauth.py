@@ -143,19 +143,24 @@ def _refresh_token_string(value: Any) -> str | None:
     return None
 
 
+def _number(value: Any, odd: list[str]) -> Any:
+    """``value``, or the number a numeric string holds (a common server quirk, noted)."""
+    if isinstance(value, str) and value.strip().isascii():
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return value
+        odd.append("expires_in is a string")
+        return number
+    return value
+
+
 def _expires_in(data: dict[str, Any], odd: list[str]) -> int:
     """The access token's lifetime in seconds; odd values give a short, safe lifetime."""
     if "expires_in" not in data:
         odd.append("expires_in missing")
         return DEFAULT_EXPIRES_IN
-    value = data["expires_in"]
-    if isinstance(value, str) and value.strip().isascii():
-        try:
-            value = float(value.strip())
-        except ValueError:
-            pass
-        else:
-            odd.append("expires_in is a string")
+    value = _number(data["expires_in"], odd)
     if isinstance(value, float) and math.isfinite(value) and value >= 1:
         if not value.is_integer():
             odd.append("expires_in is fractional")
@@ -165,6 +170,65 @@ def _expires_in(data: dict[str, Any], odd: list[str]) -> int:
             return value
     odd.append("expires_in out of range")
     return ODD_EXPIRES_IN
+
+
+def _json_answer(body: bytes, content_type: str, odd: list[str]) -> dict[str, Any]:
+    """The answer's JSON object, whatever its media type or a BOM say (both noted)."""
+    json_type = http.is_json_media_type(content_type)
+    if not json_type:
+        odd.append("content type is not JSON")
+    if body.startswith(codecs.BOM_UTF8):
+        odd.append("byte order mark")
+    data = _json_object(body)
+    if data is None:
+        code = "malformed_json" if json_type else "not_json"
+        raise InvalidTokenResponse("Token response is not a JSON object.", code=code)
+    return data
+
+
+def _new_refresh_token(data: dict[str, Any], *, required: bool) -> str | None:
+    """The answer's new refresh token: ``None`` if it sent none, an error if it is unusable."""
+    refresh_token: str | None = None
+    if data.get("refresh_token") is not None:
+        refresh_token = _refresh_token_string(data["refresh_token"])
+        if refresh_token is None:
+            raise InvalidTokenResponse("refresh_token is not a token.", code="bad_refresh_token")
+    if required and refresh_token is None:
+        raise InvalidTokenResponse("Token response has no refresh_token.", code="no_refresh_token")
+    return refresh_token
+
+
+def _access_token(
+    data: dict[str, Any], refresh_token: str | None, odd: list[str]
+) -> tuple[str, int]:
+    """The access token and its lifetime; an unusable one counts as already expired.
+
+    Only when there is no refresh token to keep does an unusable access token make the
+    whole answer unusable.
+    """
+    access_token = _vschar(data.get("access_token"), maximum=MAX_TOKEN_LENGTH)
+    if "token_type" not in data:
+        odd.append("token_type missing")
+    token_type = data.get("token_type", "bearer")
+    bearer = isinstance(token_type, str) and token_type.lower() == "bearer"
+    if access_token is not None and bearer:
+        return access_token, _expires_in(data, odd)
+    problem = "no usable access_token" if access_token is None else "token_type not Bearer"
+    if refresh_token is None:
+        code = "no_token" if access_token is None else "bad_token_type"
+        raise InvalidTokenResponse(f"Token response has {problem}.", code=code)
+    odd.append(problem)
+    return "", 0
+
+
+def _refresh_lifetime(data: dict[str, Any], odd: list[str]) -> int | None:
+    """``refresh_token_expires_in`` when stated and sane; an odd value is not trusted."""
+    if "refresh_token_expires_in" not in data:
+        return None
+    lifetime = _positive_int(data["refresh_token_expires_in"], maximum=app_settings.MAX_EXPIRES_IN)
+    if lifetime is None:
+        odd.append("refresh_token_expires_in out of range")
+    return lifetime
 
 
 def parse_token_response(
@@ -180,53 +244,16 @@ def parse_token_response(
     usable is left.
     """
     odd: list[str] = []
-    if not http.is_json_media_type(content_type):
-        odd.append("content type is not JSON")
-    if body.startswith(codecs.BOM_UTF8):
-        odd.append("byte order mark")
-    try:
-        data = http.decode_json(body)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        code = "malformed_json" if http.is_json_media_type(content_type) else "not_json"
-        raise InvalidTokenResponse("Token response is not a JSON object.", code=code)
-    refresh_token: str | None = None
-    if data.get("refresh_token") is not None:
-        refresh_token = _refresh_token_string(data["refresh_token"])
-        if refresh_token is None:
-            raise InvalidTokenResponse("refresh_token is not a token.", code="bad_refresh_token")
-    if require_refresh_token and refresh_token is None:
-        raise InvalidTokenResponse("Token response has no refresh_token.", code="no_refresh_token")
-    access_token = _vschar(data.get("access_token"), maximum=MAX_TOKEN_LENGTH)
-    token_type = data.get("token_type", "bearer")
-    if "token_type" not in data:
-        odd.append("token_type missing")
-    bearer = isinstance(token_type, str) and token_type.lower() == "bearer"
-    if access_token is None or not bearer:
-        problem = "no usable access_token" if access_token is None else "token_type not Bearer"
-        if refresh_token is None:
-            code = "no_token" if access_token is None else "bad_token_type"
-            raise InvalidTokenResponse(f"Token response has {problem}.", code=code)
-        # Keep the refresh token; the access token counts as already expired.
-        odd.append(problem)
-        access_token, expires_in = "", 0
-    else:
-        expires_in = _expires_in(data, odd)
-    refresh_expires_in = None
-    if "refresh_token_expires_in" in data:
-        refresh_expires_in = _positive_int(
-            data["refresh_token_expires_in"], maximum=app_settings.MAX_EXPIRES_IN
-        )
-        if refresh_expires_in is None:
-            odd.append("refresh_token_expires_in out of range")
+    data = _json_answer(body, content_type, odd)
+    refresh_token = _new_refresh_token(data, required=require_refresh_token)
+    access_token, expires_in = _access_token(data, refresh_token, odd)
     return TokenSet(
         access_token=access_token,
         refresh_token=refresh_token,
         token_type="bearer",
         expires_in=expires_in,
         received_at=received_at,
-        refresh_expires_in=refresh_expires_in,
+        refresh_expires_in=_refresh_lifetime(data, odd),
         odd=tuple(odd),
     )
 
@@ -270,8 +297,12 @@ def _error_for(status: int, body: bytes, retry_after: float | None) -> SliceConn
         return InvalidTokenResponse(
             f"Slice's token endpoint redirected (HTTP {status}); not followed.", code="redirect"
         )
-    data = _json_object(body) or {}
-    error = data.get("error")
+    return _refusal(status, body)
+
+
+def _refusal(status: int, body: bytes) -> SliceConnectError:
+    """A 4xx token answer, by its OAuth ``error`` (RFC 6749 section 5.2) or its status."""
+    error = (_json_object(body) or {}).get("error")
     if isinstance(error, str) and error.isascii() and error.isprintable() and len(error) <= 64:
         if error == "invalid_grant":
             return TokenRequestFailed("Slice refused the grant (invalid_grant).")
