@@ -161,7 +161,7 @@ def test_no_insecure_or_unbounded_http_calls(path: Path) -> None:
 
 
 def test_every_http_call_is_in_the_one_transport() -> None:
-    """Rule R39: every call to Slice goes through slice_connect/http.py (and the scanner
+    """docs/threat-model.rst R39: every call to Slice goes through slice_connect/http.py (and the scanner
     does see it there, so it cannot silently match nothing)."""
     modules = {
         str(path.relative_to(PACKAGE))

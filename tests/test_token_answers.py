@@ -1,6 +1,6 @@
 """Token answers at a strictly rotating server: keep the only live refresh token.
 
-* An odd but usable 200 (rule R42 in docs/threat-model): every variant leaves a link that a
+* An odd but usable 200 (docs/threat-model.rst R42): every variant leaves a link that a
   later renewal can use at a server that rotates strictly (no grace period).
 * "Rotated, then 5xx" (R43): a gateway answers 502/504 after the upstream rotated. The
   answer is treated as lost: one immediate same-token retry, then ``lost_rotation`` at a

@@ -1,4 +1,4 @@
-"""One bounded transport for the four calls to Slice (rules R39-R41, R45 in docs).
+"""One bounded transport for the four calls to Slice (docs/threat-model.rst R39-R41, R45).
 
 Each of the code exchange, the refresh (through ``services.renew``, the real path, which
 retries a lost answer once), the revocation and an API call meets a raw-socket server that
