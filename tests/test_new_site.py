@@ -101,6 +101,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Process:
     """A subprocess in its own process group whose output is collected by a thread."""
@@ -108,6 +112,7 @@ class Process:
     name: str
     popen: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     @classmethod
     def start(cls, name: str, argv: list[str], cwd: Path, env: dict[str, str]) -> Process:
@@ -120,9 +125,13 @@ class Process:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            # Ctrl-C must work even when this test runs with SIGINT ignored (a background
+            # job of a script): exec keeps an ignored signal ignored.
+            preexec_fn=_default_sigint,
         )
         process = cls(name, popen)
-        threading.Thread(target=process._collect, daemon=True).start()
+        process.reader = threading.Thread(target=process._collect, daemon=True)
+        process.reader.start()
         return process
 
     def _collect(self) -> None:
@@ -170,6 +179,10 @@ def processes() -> Iterator[list[Process]]:
             except ProcessLookupError:
                 pass
             process.popen.wait()
+        if process.reader is not None:
+            process.reader.join(timeout=5)  # the pipe is at its end once the group is gone
+        if process.popen.stdout is not None:
+            process.popen.stdout.close()
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:
