@@ -94,7 +94,9 @@ def csrf_protect_json(view: View) -> View:
         refusal = check.process_view(request, view, args, kwargs)
         if refusal is not None:
             return refusal
-        return check.process_response(request, view(request, *args, **kwargs))
+        response = view(request, *args, **kwargs)
+        check.process_response(request, response)  # sets the CSRF cookie on it, if due
+        return response
 
     return checked
 
@@ -180,7 +182,7 @@ def status_of(credential: SliceCredential | None) -> dict[str, Any]:
 @json_endpoint("GET")
 def status(request: HttpRequest) -> HttpResponse:
     """GET: the user's link, never a token (the token columns are not even read)."""
-    credential = SliceCredential.objects.without_tokens().filter(user=request.user).first()
+    credential = services.credential_of(request.user)
     response = JsonResponse(status_of(credential))
     # Also sets the CSRF cookie when the browser has none yet.
     response[CSRF_HEADER] = get_token(request)
@@ -244,13 +246,6 @@ def authorize(request: HttpRequest) -> HttpResponse:
 @json_endpoint("POST")
 def unlink(request: HttpRequest) -> HttpResponse:
     """POST: delete the user's link (revoked at Slice, best effort); fine when none exists."""
-    credential = (
-        SliceCredential.objects.filter(user=request.user)
-        .only("pk", "user", "refresh_token")
-        .first()
-    )
-    if credential is None:
+    if not services.unlink_user(request.user, request=request):
         logger.info("Unlink requested by user %s, who has no credential.", request.user.pk)
-    else:
-        services.unlink(credential, request=request)
     return JsonResponse({"linked": False})

@@ -61,7 +61,8 @@ def credential_of(user: Any) -> SliceCredential | None:
         return None
     related = SliceCredential._meta.get_field("user").remote_field
     if related.is_cached(user):
-        return related.get_cached_value(user)  # type: ignore[no-any-return]
+        cached = related.get_cached_value(user)  # a SliceCredential, or None for no link
+        return cached if isinstance(cached, SliceCredential) else None
     credential = SliceCredential.objects.without_tokens().filter(user=user).first()
     related.set_cached_value(user, credential)
     return credential
@@ -157,6 +158,20 @@ def unlink(credential: SliceCredential, request: HttpRequest | None = None) -> N
         credential.delete()
     finally:
         _UNLINKING.reset(bound)
+
+
+def unlink_user(user: Any, request: HttpRequest | None = None) -> bool:
+    """:func:`unlink` ``user``'s credential, if there is one; whether there was.
+
+    Loads what the deletion needs (the refresh token to revoke), not the access token.
+    """
+    credential = (
+        SliceCredential.objects.filter(user=user).only("pk", "user", "refresh_token").first()
+    )
+    if credential is None:
+        return False
+    unlink(credential, request=request)
+    return True
 
 
 #: The credential :func:`unlink` is deleting, and the request it was called with.
