@@ -215,7 +215,7 @@ class SliceClient(_BaseClient):
             self.credential = user_or_credential
         else:
             try:
-                self.credential = SliceCredential.objects.get(user=user_or_credential)
+                self.credential = SliceCredential.objects.get(user_id=user_or_credential.pk)
             except SliceCredential.DoesNotExist:
                 raise NotLinked("This user has not linked a Slice account.") from None
         # Every call goes through slice_connect.http: a wall-clock deadline, bodies decoded
@@ -327,7 +327,7 @@ class AsyncSliceClient(_BaseClient):
             self._client = await http.new_async_client()
         if not hasattr(self, "credential"):
             try:
-                self.credential = await SliceCredential.objects.aget(user=self._target)
+                self.credential = await SliceCredential.objects.aget(user_id=self._target.pk)
             except SliceCredential.DoesNotExist:
                 raise NotLinked("This user has not linked a Slice account.") from None
         return self

@@ -6,11 +6,12 @@ import base64
 import binascii
 import re
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db import models
 from django.utils.encoding import force_str
 from fernet_fields import EncryptedTextField, hkdf
 
@@ -250,7 +251,17 @@ def parse_dump_text(value: str) -> StoredCiphertext | None:
     return None
 
 
-class EncryptedTokenField(EncryptedTextField):
+if TYPE_CHECKING:
+    # django-fernet-fields-v2 ships no types; its EncryptedTextField is a TextField that
+    # encrypts. What this field takes and gives, for django-stubs.
+    _TokenColumn = models.TextField[
+        str | StoredCiphertext | None, str | UnreadableToken | StoredCiphertext | None
+    ]
+else:
+    _TokenColumn = EncryptedTextField
+
+
+class EncryptedTokenField(_TokenColumn):
     """A Fernet-encrypted text column for OAuth tokens.
 
     Unlike the upstream field it reads ``FERNET_KEYS`` on every use (key rotation and
@@ -260,7 +271,7 @@ class EncryptedTokenField(EncryptedTextField):
     writes the stored ciphertext, never the token, and ``loaddata`` writes it back as is.
     """
 
-    @property  # type: ignore[override]
+    @property
     def fernet(self) -> MultiFernet:
         return current_fernet()
 

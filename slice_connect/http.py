@@ -385,7 +385,7 @@ def send(
     return response
 
 
-def retry_after_seconds(response: requests.Response) -> float | None:
+def retry_after_seconds(response: requests.Response | httpx.Response) -> float | None:
     """Seconds from a ``Retry-After`` header (delta or HTTP-date), or ``None``."""
     value = response.headers.get("Retry-After")
     if not value:
@@ -479,7 +479,7 @@ async def new_async_client() -> httpx.AsyncClient:
     0.1-0.2 s) on the first client and the first request, so the first call of a process
     does both in a worker thread, never on the event loop.
     """
-    context = _async_tls or await asyncio.to_thread(_build_async_tls)
+    context = _async_tls if _async_tls is not None else await asyncio.to_thread(_build_async_tls)
     return httpx.AsyncClient(trust_env=False, verify=context)
 
 
