@@ -1,5 +1,7 @@
 """The Celery app of the crash drills (battery B8): the example app plus one SIGKILL.
 
+Rule and battery numbers are those of docs/threat-model.rst.
+
 ``celery -A tests.crash_worker worker`` runs ``example_project.celery.app`` unchanged, with a
 kill point chosen by the environment; nothing in slice_connect is touched:
 

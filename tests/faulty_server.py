@@ -1,5 +1,7 @@
 """A misbehaving HTTP/1.1 server on 127.0.0.1 for the network-fault battery (B4).
 
+Rule and battery numbers are those of docs/threat-model.rst.
+
 Pure stdlib (socket, ssl, threading). Each test starts its own :class:`FaultyServer` on an
 ephemeral port; every connection is served by its own thread according to a :class:`Fault`:
 

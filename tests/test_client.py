@@ -1,5 +1,7 @@
 """SliceClient: bearer calls to the Slice REST API, renewing tokens itself (R26, R33, B12).
 
+Rule and battery numbers are those of docs/threat-model.rst.
+
 Most tests mock https://slice.test with ``responses``; the last one runs against the
 django-oauth-toolkit sandbox in ``live_server``.
 """

@@ -1,5 +1,7 @@
 """Fail closed (R17, R19, R21; battery B9): undecryptable rows stop at the database's edge.
 
+Rule and battery numbers are those of docs/threat-model.rst.
+
 A corrupted row (garbage, truncated or bit-flipped ciphertext) or a wrong key list must
 never yield ciphertext as a token, never send a request to Slice, never break an admin page
 and never change the stored bytes. Slice is ``responses`` with no registered URL, so any

@@ -1,5 +1,7 @@
 """B1 by property: Hypothesis fuzzing of the callback view and of ``safe_next``.
 
+Rule and battery numbers are those of docs/threat-model.rst.
+
 Each example builds a raw query string from state, code, error, error_description,
 error_uri, iss and random extra parameters (repeated, oversized up to 64 KB, encoded in odd
 ways: percent-encoded non-UTF-8, NUL, CR/LF, surrogates), picks a method (GET, POST, HEAD,

@@ -1,4 +1,7 @@
-"""The code exchange against a mocked token endpoint: the B3 response matrix and transport."""
+"""The code exchange against a mocked token endpoint: the B3 response matrix and transport.
+
+Battery B3 is that of docs/threat-model.rst.
+"""
 
 from __future__ import annotations
 

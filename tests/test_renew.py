@@ -1,5 +1,7 @@
 """services.renew(): when it calls Slice, what it stores, and the B3/B4/B11 fault batteries.
 
+Rule and battery numbers are those of docs/threat-model.rst.
+
 Slice is mocked with ``responses`` at https://slice.test/oauth/token (tests/settings.py).
 Every failure case checks that the stored ciphertext and version are untouched, that the
 right signal fires after commit, and that no secret reaches an exception or a log record.

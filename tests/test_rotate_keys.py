@@ -1,5 +1,7 @@
 """``slice_connect_rotate_keys`` (R18, R19, R21; battery B9): the key rotation drill.
 
+Rule and battery numbers are those of docs/threat-model.rst.
+
 Rows are written under K1, then FERNET_KEYS becomes [K2, K1], the command runs, and every
 row must read with [K2] alone; then again with [K3, K2]. The big drill (10,000 rows) runs on
 PostgreSQL; a 300-row version runs everywhere.

@@ -1,5 +1,7 @@
 """Battery B11 (time edges) and B6-lite (a strict AS under random interleavings), R31/R32.
 
+Rule and battery numbers are those of docs/threat-model.rst.
+
 Everything runs on time-machine's frozen clock. Two peers:
 
 * the sandbox (django-oauth-toolkit in the live server) where the server's own clock decides:
