@@ -211,7 +211,7 @@ def test_failed_renewal(
     (event,) = sentry.items("event")
     assert event["exception"]["values"][-1]["type"] == type(error).__name__
     if scrubbed(sentry):
-        assert_useful_and_clean(event, {"renew", "_spend_refresh_token", "refresh"})
+        assert_useful_and_clean(event, {"renew", "_post_refresh", "refresh"})
     check(sentry, canaries, must_leak={"REFRESH", "SECRET"})
 
 
