@@ -46,6 +46,7 @@ CI_RUN = ROOT / ".ci" / "run"
 MARKER = re.compile(r"^\.\. (readme-command|new-site): (.+?)\s*$")
 START_TIMEOUT = 90.0
 PASSWORD = "new-site-password-1"
+SANDBOX_COMMAND = [sys.executable, "example_project/manage.py", "slice_sandbox"]
 
 
 # -- reading README.rst ----------------------------------------------------------------------
@@ -322,11 +323,10 @@ def test_sandbox_command_registers_the_site_and_prints_working_settings(
 
 
 def test_sandbox_command_refuses_a_bad_site(tmp_path: Path) -> None:
-    manage = [sys.executable, "example_project/manage.py", "slice_sandbox"]
     env = base_env(tmp_path)
     for site in ("localhost:8000", "http://localhost:8000/accounts/", "ftp://x"):
         result = subprocess.run(
-            [*manage, "--site", site],
+            [*SANDBOX_COMMAND, "--site", site],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -335,6 +335,24 @@ def test_sandbox_command_refuses_a_bad_site(tmp_path: Path) -> None:
         )
         assert result.returncode != 0
         assert "--site" in result.stderr, result.stderr
+    assert not (tmp_path / "sandbox-data" / "sandbox.sqlite3").exists()
+
+
+def test_sandbox_command_refuses_a_busy_port(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*SANDBOX_COMMAND, "--port", str(port), "--site", "http://localhost:8000"],
+            cwd=ROOT,
+            env=base_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode != 0
+    assert f"Something is already listening on 127.0.0.1:{port}" in result.stderr
     assert not (tmp_path / "sandbox-data" / "sandbox.sqlite3").exists()
 
 

@@ -36,6 +36,16 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 
 
+def check_port(host: str, port: int) -> None:
+    """A clear error when something already listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if probe.connect_ex((host, port)) == 0:
+            raise CommandError(
+                f"Something is already listening on {host}:{port} (a demo still "
+                f"running?). Stop it, or use --port {port + 1}."
+            )
+
+
 def migrate_all(stdout: IO[str]) -> None:
     """Migrate every database (the site's and, with SQLite, the sandbox's file)."""
     for alias in settings.DATABASES:
@@ -235,12 +245,7 @@ class Command(BaseCommand):
     # -- preparation ---------------------------------------------------------------------
 
     def _check_port(self, host: str, port: int) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            if probe.connect_ex((host, port)) == 0:
-                raise CommandError(
-                    f"Something is already listening on {host}:{port} (a demo still "
-                    f"running?). Stop it, or use --port {port + 1}."
-                )
+        check_port(host, port)
 
     def _migrate(self) -> None:
         migrate_all(self.stdout)

@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +39,7 @@ from example_project.demo.management.commands.demo import (
     Child,
     Stop,
     _raise_stop,
+    check_port,
     ensure_logins,
     migrate_all,
 )
@@ -132,9 +134,7 @@ class Command(BaseCommand):
         client_id = options["client_id"] or client_id_for(origin)
         client_secret = options["client_secret"] or client_secret_for(client_id)
 
-        from example_project.demo.management.commands.demo import Command as Demo
-
-        Demo._check_port(self, host, port)  # type: ignore[arg-type]
+        check_port(host, port)
         migrate_all(self.stdout)
         ensure_logins()
         application = ensure_application(client_id, client_secret, [redirect_uri], name=site.netloc)
@@ -189,8 +189,6 @@ class Command(BaseCommand):
             raise CommandError(f"The sandbox server exited with status {exit_code}.")
 
     def _wait_ready(self, server: Child, host: str, port: int) -> None:
-        import socket
-
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
