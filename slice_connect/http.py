@@ -347,6 +347,7 @@ def send(
     limit: int,
     what: str,
     session: requests.Session | None = None,
+    fresh: bool = False,
     headers: Mapping[str, str] | None = None,
     **kwargs: Any,
 ) -> requests.Response:
@@ -356,8 +357,21 @@ def send(
     ``connect + read`` seconds. ``limit`` caps the decoded body. ``what`` names the call in
     logs (never a URL with a secret in it). Raises :class:`TransientError` (never sent),
     :class:`ResponseLost` (sent, answer lost) or :class:`ResponseTooLarge`; any status code
-    is returned as an answer.
+    is returned as an answer. Without ``session``, OAuth calls share a kept-alive session per
+    thread; ``fresh`` sends on a new connection, closed afterwards.
     """
+    if fresh:
+        with new_session() as own:
+            return send(
+                method,
+                url,
+                timeout=timeout,
+                limit=limit,
+                what=what,
+                session=own,
+                headers=headers,
+                **kwargs,
+            )
     session = session or _oauth_session()
     connect, read = timeout
     with _deadline(budget_of(timeout)):

@@ -336,6 +336,9 @@ def post_token_request(data: dict[str, str], *, require_refresh_token: bool) -> 
             timeout=app_settings.HTTP_TIMEOUT,
             limit=MAX_RESPONSE_BYTES,
             what=what,
+            # A code is redeemed once, never retried: no kept-alive connection that the
+            # server may have closed meanwhile (which would look like a lost answer).
+            fresh=grant_type == "authorization_code",
         )
     except ResponseTooLarge as exc:
         if exc.status_code == 200:

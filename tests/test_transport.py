@@ -273,3 +273,36 @@ def test_a_row_deleted_during_a_call_is_not_linked(
     SliceCredential.objects.filter(pk=credential.pk).delete()
     with pytest.raises(NotLinked):
         SliceClient(credential).get("orders")
+
+
+# -- connections ---------------------------------------------------------------------------
+
+
+def test_refreshes_reuse_a_connection_and_a_code_exchange_never_does(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """A kept-alive connection may have been closed by the server meanwhile, which looks like
+    a lost answer: harmless for a refresh (retried once with the same token), fatal for a
+    code (never redeemed twice). So a code exchange always opens a connection of its own."""
+    from slice_connect import http
+
+    made: list[Any] = []
+    real = http.new_session
+
+    def counting() -> Any:
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(http, "new_session", counting)
+    monkeypatch.setattr(http._local, "session", None, raising=False)
+    with FaultyServer(Fault("answer")) as running:
+        settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "TOKEN_URL": f"{running.url}/t"}
+        for _ in range(3):
+            oauth.refresh("a-refresh-token")
+        assert len(made) == 1  # one kept-alive session for this thread
+        for _ in range(2):
+            oauth.exchange_code(
+                code="c", redirect_uri="https://site.test/cb", state="s" * 43, use_pkce=True
+            )
+        assert len(made) == 3  # one new session, closed afterwards, per exchange
+        assert len(running.requests) == 5
