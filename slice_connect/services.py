@@ -16,11 +16,12 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.http import HttpRequest
+from django.http import HttpRequest, QueryDict
+from django.shortcuts import resolve_url
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from . import durable, keyprobe, oauth, signals
+from . import durable, http, keyprobe, oauth, signals, states
 from .conf import app_settings
 from .exceptions import (
     ConfigurationError,
@@ -253,6 +254,166 @@ def credential_deleted(sender: Any, instance: SliceCredential, **kwargs: Any) ->
     # never turned into an error for the request that unlinked.
     transaction.on_commit(after_commit, robust=True)
     logger.info("Unlinked Slice credential %s (user %s).", instance.pk, instance.user_id)
+
+
+# -- the callback's link flow --------------------------------------------------------------
+
+#: Longest ``state`` and ``code`` accepted from the callback's query string.
+MAX_STATE_LENGTH = 512
+MAX_CODE_LENGTH = 4096
+#: Callback parameters that must not repeat (a repeated one makes the request ambiguous).
+SINGLE_VALUED = ("state", "code", "error", "error_description", "error_uri", "iss")
+
+
+class Refusal(str, enum.Enum):
+    """Why :func:`complete_link` refused a callback; the view picks the page for each."""
+
+    #: Before anything is sent to Slice (rule R9 and neighbours, docs/threat-model.rst).
+    NOT_LOGGED_IN = "not_logged_in"
+    MALFORMED = "malformed"
+    NO_STATE = "no_state"
+    UNKNOWN_ATTEMPT = "unknown_attempt"
+    OTHER_USER = "other_user"
+    EXPIRED = "expired"
+    WRONG_ISSUER = "wrong_issuer"
+    BAD_CODE = "bad_code"
+    #: The user declined at Slice's consent page: not an error.
+    DENIED = "denied"
+    #: Slice sent another ``error`` (in :attr:`LinkRefused.error`).
+    SLICE_ERROR = "slice_error"
+    NO_CODE = "no_code"
+    ALREADY_USED = "already_used"
+    #: The code exchange failed (the code was sent once, never again: rule R13).
+    CODE_REFUSED = "code_refused"
+    MISCONFIGURED = "misconfigured"
+    UNAVAILABLE = "unavailable"
+    UNUSABLE_ANSWER = "unusable_answer"
+
+
+class LinkRefused(Exception):
+    """A callback :func:`complete_link` refused; nothing was linked.
+
+    ``error`` is Slice's ``error`` parameter for :attr:`Refusal.SLICE_ERROR` (a code from
+    the URL, never shown as sent). The message is the reason's value: no state, code or
+    token.
+    """
+
+    def __init__(self, reason: Refusal, *, error: str = "") -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+        self.error = error
+
+
+def link_success_url() -> str:
+    """Where to go after linking when the attempt named no valid ``next``."""
+    return resolve_url(app_settings.LINK_SUCCESS_URL)
+
+
+def expected_issuer() -> str:
+    """The ``iss`` a callback may carry: ``ISSUER``, else the authorize URL's origin."""
+    if app_settings.ISSUER:
+        return app_settings.ISSUER
+    scheme, _sep, rest = app_settings.AUTHORIZE_URL.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+@sensitive_variables()  # every local: the query string, state, code, attempt and tokens
+def complete_link(request: HttpRequest, params: QueryDict) -> str:
+    """Finish the authorization attempt Slice sent the user back with; return the redirect.
+
+    Checks the callback's ``params`` (its query string) against the attempt the session
+    holds for its ``state``, which is consumed; claims the attempt's single use across
+    processes (committed before the code leaves this site); exchanges the code and links
+    ``request.user``. Returns the attempt's ``next`` or :func:`link_success_url`. Raises
+    :class:`LinkRefused` with the reason; Slice is called only for a valid, claimed attempt
+    with a code and no error.
+    """
+    state = _callback_state(request, params)
+    attempt = states.pop(request, state)
+    _check_attempt(request, params, attempt)
+    assert attempt is not None
+    code = _callback_code(params)
+    error = params.get("error")
+    if error == "access_denied":
+        logger.info("User %s declined to link their Slice account.", request.user.pk)
+        raise LinkRefused(Refusal.DENIED)
+    if error is not None:
+        _refuse(Refusal.SLICE_ERROR, error=error)
+    if not code:
+        _refuse(Refusal.NO_CODE)
+    # One code, one redemption: of several requests with this state at once (a double
+    # click, a reload, a prefetch), in any process, one claims it here. The claim is
+    # committed, so a reload of a 5xx answer can never redeem the code twice.
+    if not states.claim(attempt):
+        _refuse(Refusal.ALREADY_USED)
+    try:
+        tokens = oauth.exchange_code(
+            code=code, redirect_uri=attempt.redirect_uri, state=state, use_pkce=attempt.use_pkce
+        )
+    except SliceConnectError as exc:
+        logger.warning("Exchanging a Slice authorization code failed: %s", exc.code)
+        raise LinkRefused(_exchange_refusal(exc)) from None
+    link(request.user, tokens, request=request)
+    return attempt.next_url or link_success_url()
+
+
+def _refuse(reason: Refusal, *, error: str = "") -> NoReturn:
+    logger.info("Slice callback rejected: %s", reason.value)
+    raise LinkRefused(reason, error=error)
+
+
+@sensitive_variables()
+def _callback_state(request: HttpRequest, params: QueryDict) -> str:
+    if not request.user.is_authenticated:
+        _refuse(Refusal.NOT_LOGGED_IN)
+    if len(params.getlist("state")) > 1:
+        _refuse(Refusal.MALFORMED)
+    state = params.get("state", "")
+    if not state or len(state) > MAX_STATE_LENGTH or not state.isprintable():
+        _refuse(Refusal.NO_STATE)
+    return state
+
+
+@sensitive_variables()
+def _check_attempt(
+    request: HttpRequest, params: QueryDict, attempt: states.PendingAttempt | None
+) -> None:
+    if attempt is None:
+        _refuse(Refusal.UNKNOWN_ATTEMPT)
+    if attempt.user_id != str(request.user.pk):
+        _refuse(Refusal.OTHER_USER)
+    if states.is_expired(attempt):
+        _refuse(Refusal.EXPIRED)
+    issuers = params.getlist("iss")
+    if issuers and (len(issuers) > 1 or issuers[0] != expected_issuer()):
+        _refuse(Refusal.WRONG_ISSUER)
+
+
+@sensitive_variables()
+def _callback_code(params: QueryDict) -> str | None:
+    if any(len(params.getlist(name)) > 1 for name in SINGLE_VALUED):
+        _refuse(Refusal.MALFORMED)
+    code = params.get("code")
+    if code is not None and (
+        not code or len(code) > MAX_CODE_LENGTH or not code.isascii() or not code.isprintable()
+    ):
+        _refuse(Refusal.BAD_CODE)
+    if code is not None and params.get("error") is not None:
+        _refuse(Refusal.MALFORMED)
+    return code
+
+
+def _exchange_refusal(exc: SliceConnectError) -> Refusal:
+    """What a failed code exchange means for the user (the error kinds of rule R30)."""
+    if isinstance(exc, TokenRequestFailed):
+        return Refusal.CODE_REFUSED
+    if isinstance(exc, ConfigurationError):
+        return Refusal.MISCONFIGURED
+    no_answer = exc.code in http.NO_ANSWER_CODES or exc.code.startswith("http_")
+    unusable_answer = isinstance(exc, ResponseLost) and not no_answer
+    if isinstance(exc, TransientError) and not unusable_answer:
+        return Refusal.UNAVAILABLE
+    return Refusal.UNUSABLE_ANSWER
 
 
 # -- renew -----------------------------------------------------------------------------

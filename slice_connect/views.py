@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import render, resolve_url
+from django.shortcuts import render
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.utils.decorators import method_decorator
@@ -20,23 +21,16 @@ from django.views.decorators.clickjacking import xframe_options_deny
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_variables
 
-from . import http, oauth, services, states
+from . import oauth, services, states
 from .conf import app_settings
-from .exceptions import (
-    ConfigurationError,
-    ResponseLost,
-    SliceConnectError,
-    TokenRequestFailed,
-    TransientError,
-)
 from .models import SliceCredential
 
 logger = logging.getLogger(__name__)
 
 MAX_NEXT_LENGTH = 2048
-MAX_STATE_LENGTH = 512
-MAX_CODE_LENGTH = 4096
-SINGLE_VALUED = ("state", "code", "error", "error_description", "error_uri", "iss")
+MAX_STATE_LENGTH = services.MAX_STATE_LENGTH
+MAX_CODE_LENGTH = services.MAX_CODE_LENGTH
+SINGLE_VALUED = services.SINGLE_VALUED
 
 #: Fixed texts for the error codes Slice documents (and RFC 6749 section 4.1.2.1 lists).
 #: ``error_description`` is never shown: it comes from the URL and anyone can forge it.
@@ -73,7 +67,7 @@ def safe_next(request: HttpRequest, target: str | None) -> str | None:
 
 def default_next() -> str:
     """Where to go when no valid ``next`` was given."""
-    return resolve_url(app_settings.LINK_SUCCESS_URL)
+    return services.link_success_url()
 
 
 def redirect_uri_for(request: HttpRequest) -> str:
@@ -154,23 +148,64 @@ class AuthorizeView(LoginRequiredMixin, View):
         return response
 
 
-class CallbackRejected(Exception):
-    """A callback that is refused before anything is sent to Slice."""
+@dataclass(frozen=True)
+class RefusalPage:
+    """The page a refused callback answers with: a fixed message, never the request's text."""
 
-    def __init__(
-        self, message: Any, status: int = 400, *, retry: bool = True, denied: bool = False
-    ) -> None:
-        super().__init__(str(message))
-        self.message = message
-        self.status = status
-        self.retry = retry
-        #: The user declined at Slice's consent page: not an error.
-        self.denied = denied
+    message: Any
+    status: int = 400
+    retry: bool = True
+    #: The user declined at Slice's consent page: not an error.
+    denied: bool = False
+
+
+MALFORMED = _("The link request was malformed.")
+Refusal = services.Refusal
+#: What the user sees for each reason :func:`services.complete_link` gives.
+REFUSAL_PAGES: dict[services.Refusal, RefusalPage] = {
+    Refusal.NOT_LOGGED_IN: RefusalPage(
+        _("Please log in, then link your Slice account again."), 403
+    ),
+    Refusal.MALFORMED: RefusalPage(MALFORMED),
+    Refusal.NO_STATE: RefusalPage(_("The link request is missing its security check.")),
+    Refusal.UNKNOWN_ATTEMPT: RefusalPage(
+        _("This link request is unknown or was already used. Please start again.")
+    ),
+    Refusal.OTHER_USER: RefusalPage(_("This link request was started by someone else."), 403),
+    Refusal.EXPIRED: RefusalPage(_("This link request expired. Please start again.")),
+    Refusal.WRONG_ISSUER: RefusalPage(_("The link request came from an unexpected server.")),
+    Refusal.BAD_CODE: RefusalPage(_("The authorization code is malformed.")),
+    Refusal.DENIED: RefusalPage(ERROR_MESSAGES["access_denied"], 200, denied=True),
+    Refusal.NO_CODE: RefusalPage(_("Slice sent you back without an authorization code.")),
+    Refusal.ALREADY_USED: RefusalPage(ALREADY_USED, 409),
+    Refusal.CODE_REFUSED: RefusalPage(
+        _("The authorization from Slice expired before it could be used. Please try again.")
+    ),
+    Refusal.MISCONFIGURED: RefusalPage(
+        _("This site's connection to Slice is misconfigured. Please tell the site owner."),
+        502,
+        retry=False,
+    ),
+    Refusal.UNAVAILABLE: RefusalPage(
+        _("Slice is not available right now. Please try again in a moment."), 502
+    ),
+    Refusal.UNUSABLE_ANSWER: RefusalPage(_("Slice sent an answer this site cannot use."), 502),
+}
+
+
+def refusal_page(refused: services.LinkRefused) -> RefusalPage:
+    if refused.reason is Refusal.SLICE_ERROR:
+        return RefusalPage(ERROR_MESSAGES.get(refused.error, GENERIC_ERROR))
+    return REFUSAL_PAGES[refused.reason]
 
 
 @method_decorator(SELF_PROTECTED_GET_ONLY, name="dispatch")
 class CallbackView(View):
-    """Slice sends the user back here with ``code`` and ``state`` (or ``error``)."""
+    """Slice sends the user back here with ``code`` and ``state`` (or ``error``).
+
+    :func:`services.complete_link` does the work; this view turns its answer into a
+    redirect or an error page.
+    """
 
     http_method_names = ["get"]
     template_name = "slice_connect/error.html"
@@ -181,116 +216,22 @@ class CallbackView(View):
         response["Referrer-Policy"] = "no-referrer"
         return response
 
-    @method_decorator(sensitive_variables("state", "code", "attempt", "tokens"))
     def get(self, request: HttpRequest) -> HttpResponse:
         try:
-            state = self._state(request)
-            attempt = states.pop(request, state)
-            self._check_attempt(request, attempt)
-            assert attempt is not None
-            code = self._code(request)
-            error = request.GET.get("error")
-            if error == "access_denied":
-                # The user's choice, not a fault: a normal page (200), logged at INFO only.
-                raise CallbackRejected(ERROR_MESSAGES[error], 200, denied=True)
-            if error is not None:
-                raise CallbackRejected(ERROR_MESSAGES.get(error, GENERIC_ERROR))
-            if not code:
-                raise CallbackRejected(_("Slice sent you back without an authorization code."))
-            # One code, one redemption: of several requests with this state at once (a
-            # double click, a reload, a prefetch), in any process, one claims it here.
-            if not states.claim(attempt):
-                raise CallbackRejected(ALREADY_USED, 409)
-        except CallbackRejected as rejected:
-            if rejected.denied:
-                logger.info("User %s declined to link their Slice account.", request.user.pk)
-            else:
-                logger.info("Slice callback rejected: %s", rejected)
-            return self.error_page(request, rejected)
-        # The claim is committed, so a reload of a 5xx answer (whose session
-        # SessionMiddleware does not save) can never redeem the code twice.
-        try:
-            tokens = oauth.exchange_code(
-                code=code, redirect_uri=attempt.redirect_uri, state=state, use_pkce=attempt.use_pkce
-            )
-        except SliceConnectError as exc:
-            return self.error_page(request, self._exchange_failure(exc))
-        services.link(request.user, tokens, request=request)
-        return HttpResponseRedirect(attempt.next_url or default_next())
+            target = services.complete_link(request, request.GET)
+        except services.LinkRefused as refused:
+            return self.error_page(request, refusal_page(refused))
+        return HttpResponseRedirect(target)
 
-    def _state(self, request: HttpRequest) -> str:
-        if not request.user.is_authenticated:
-            raise CallbackRejected(_("Please log in, then link your Slice account again."), 403)
-        if len(request.GET.getlist("state")) > 1:
-            raise CallbackRejected(_("The link request was malformed."))
-        state = request.GET.get("state", "")
-        if not state or len(state) > MAX_STATE_LENGTH or not state.isprintable():
-            raise CallbackRejected(_("The link request is missing its security check."))
-        return state
-
-    def _code(self, request: HttpRequest) -> str | None:
-        params = request.GET
-        if any(len(params.getlist(name)) > 1 for name in SINGLE_VALUED):
-            raise CallbackRejected(_("The link request was malformed."))
-        code = params.get("code")
-        if code is not None and (
-            not code or len(code) > MAX_CODE_LENGTH or not code.isascii() or not code.isprintable()
-        ):
-            raise CallbackRejected(_("The authorization code is malformed."))
-        if code is not None and params.get("error") is not None:
-            raise CallbackRejected(_("The link request was malformed."))
-        return code
-
-    def _check_attempt(self, request: HttpRequest, attempt: states.PendingAttempt | None) -> None:
-        if attempt is None:
-            raise CallbackRejected(
-                _("This link request is unknown or was already used. Please start again.")
-            )
-        if attempt.user_id != str(request.user.pk):
-            raise CallbackRejected(_("This link request was started by someone else."), 403)
-        if states.is_expired(attempt):
-            raise CallbackRejected(_("This link request expired. Please start again."))
-        issuers = request.GET.getlist("iss")
-        if issuers and (len(issuers) > 1 or issuers[0] != self._expected_issuer()):
-            raise CallbackRejected(_("The link request came from an unexpected server."))
-
-    @staticmethod
-    def _expected_issuer() -> str:
-        if app_settings.ISSUER:
-            return app_settings.ISSUER
-        scheme, _sep, rest = app_settings.AUTHORIZE_URL.partition("://")
-        return f"{scheme}://{rest.split('/', 1)[0]}"
-
-    @staticmethod
-    def _exchange_failure(exc: SliceConnectError) -> CallbackRejected:
-        logger.warning("Exchanging a Slice authorization code failed: %s", exc.code)
-        if isinstance(exc, TokenRequestFailed):
-            return CallbackRejected(
-                _("The authorization from Slice expired before it could be used. Please try again.")
-            )
-        if isinstance(exc, ConfigurationError):
-            return CallbackRejected(
-                _("This site's connection to Slice is misconfigured. Please tell the site owner."),
-                502,
-                retry=False,
-            )
-        no_answer = exc.code in http.NO_ANSWER_CODES or exc.code.startswith("http_")
-        unusable_answer = isinstance(exc, ResponseLost) and not no_answer
-        if isinstance(exc, TransientError) and not unusable_answer:
-            return CallbackRejected(
-                _("Slice is not available right now. Please try again in a moment."), 502
-            )
-        return CallbackRejected(_("Slice sent an answer this site cannot use."), 502)
-
-    def error_page(self, request: HttpRequest, rejected: CallbackRejected) -> HttpResponse:
+    def error_page(self, request: HttpRequest, page: RefusalPage) -> HttpResponse:
         """Render the error page: a fixed message and a way to try again."""
         context = {
-            "message": rejected.message,
-            "denied": rejected.denied,
-            "retry": rejected.retry and request.user.is_authenticated,
+            "message": page.message,
+            "denied": page.denied,
+            "retry": page.retry and request.user.is_authenticated,
             "home_url": default_next(),
         }
-        return render(request, self.template_name, context, status=rejected.status)
+        return render(request, self.template_name, context, status=page.status)
 
 
 @method_decorator(SELF_PROTECTED, name="dispatch")
