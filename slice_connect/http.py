@@ -192,6 +192,14 @@ def mount(session: requests.Session) -> requests.Session:
 _local = threading.local()
 
 
+def close_thread_session() -> None:
+    """Close the calling thread's kept-alive OAuth connections (they reopen when needed)."""
+    session = getattr(_local, "session", None)
+    if session is not None:
+        _local.session = None
+        session.close()
+
+
 def _oauth_session() -> requests.Session:
     """The calling thread's kept-alive session for the OAuth endpoints (new after a fork)."""
     session = getattr(_local, "session", None)

@@ -110,6 +110,20 @@ def _close_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> It
         )
 
 
+@pytest.fixture(autouse=True)
+def _close_kept_alive_slice_connections() -> Iterator[None]:
+    """Close the test thread's kept-alive connections to Slice after each test.
+
+    slice_connect.http keeps one OAuth session per thread. A connection it kept open to the
+    live server would keep one of the server's request threads alive past the session, and
+    Python 3.13 aborts when such a daemon thread writes to stderr at interpreter shutdown.
+    """
+    yield
+    from slice_connect import http
+
+    http.close_thread_session()
+
+
 # -- users and credentials ---------------------------------------------------------------
 
 

@@ -1,10 +1,10 @@
 """The whole life of a link against the real sandbox while it compresses its answers.
 
-A CDN, nginx with ``gzip on`` or a proxy may compress Slice's JSON, asked or not (docs/threat-model.rst
-R40). The sandbox's ``COMPRESS`` setting does the same to the real OAuth
-server (django-oauth-toolkit, strict rotation, no grace period): link through the consent
-page, call the API, renew twice, unlink with revocation. ``.ci/run`` also runs every live
-test with ``SLICE_CONNECT_TEST_COMPRESS=gzip``.
+A CDN, nginx with ``gzip on`` or a proxy may compress Slice's JSON, asked or not
+(docs/threat-model.rst R40). The sandbox's ``COMPRESS`` setting does the same to the real
+OAuth server (django-oauth-toolkit, strict rotation, no grace period): link through the
+consent page, call the API, renew twice, unlink with revocation. ``.ci/run`` also runs every
+live test with ``SLICE_CONNECT_TEST_COMPRESS=gzip``.
 """
 
 from __future__ import annotations
