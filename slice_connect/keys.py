@@ -179,26 +179,44 @@ def rotate_keys(
     primary, keyring = primary_fernet(), current_fernet()
     report = Report()
     for batch in _batches(batch_size):
-        plans = [plan_row(pk, raw, primary, keyring) for pk, raw in batch]
-        if dry_run:
-            done = Report(rotated=sum(plan.rotated is not None for plan in plans))
-            done.unreadable = [plan.pk for plan in plans if plan.unreadable]
-        else:
-            done = _write_batch(plans, mark=mark)
-        done.current = sum(plan.rotated is None and not plan.unreadable for plan in plans)
-        done.first_id, done.last_id = batch[0][0], batch[-1][0]
+        done = _rotate_batch(batch, primary, keyring, dry_run=dry_run, mark=mark)
         report.add(done)
         if on_batch is not None:
             on_batch(done)
-    if dry_run:
+    if not dry_run:
+        report.still_old = _count_still_old(batch_size)
+    else:
         report.still_old = report.rotated
         if mark:
             report.marked = sum(
                 SliceCredential.objects.active().filter(pk__in=ids).count()
                 for ids in _chunks(report.unreadable)
             )
+    _log_rotation(report, dry_run=dry_run)
+    return report
+
+
+def _rotate_batch(
+    batch: list[tuple[int, RawRow]],
+    primary: MultiFernet,
+    keyring: MultiFernet,
+    *,
+    dry_run: bool,
+    mark: bool,
+) -> Report:
+    """Plan each row of ``batch``, then write the plans (or, in a dry run, count them)."""
+    plans = [plan_row(pk, raw, primary, keyring) for pk, raw in batch]
+    if dry_run:
+        done = Report(rotated=sum(plan.rotated is not None for plan in plans))
+        done.unreadable = [plan.pk for plan in plans if plan.unreadable]
     else:
-        report.still_old = _count_still_old(batch_size)
+        done = _write_batch(plans, mark=mark)
+    done.current = sum(plan.rotated is None and not plan.unreadable for plan in plans)
+    done.first_id, done.last_id = batch[0][0], batch[-1][0]
+    return done
+
+
+def _log_rotation(report: Report, *, dry_run: bool) -> None:
     rotation_logger.info(
         "Key rotation%s: %d rotated, %d current, %d skipped, %d unreadable, %d marked, "
         "%d still under older keys.",
@@ -210,7 +228,6 @@ def rotate_keys(
         report.marked,
         report.still_old,
     )
-    return report
 
 
 def _batches(batch_size: int) -> Iterator[list[tuple[int, RawRow]]]:
