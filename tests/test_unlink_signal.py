@@ -115,3 +115,20 @@ def test_request_is_bound_to_the_credential_being_unlinked(
     by_user = {event["user"].username: event["request"] for event in unlinked}
     assert by_user == {"alice": request, "bob": None}
     assert sorted(revocations()) == sorted([first.refresh_token, second.refresh_token])
+
+
+def test_unlink_user(
+    user: Any,
+    make_credential: MakeCredential,
+    unlinked: list[dict[str, Any]],
+    revocations: Callable[[], list[str]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    request = RequestFactory().post("/slice/api/unlink")
+    assert services.unlink_user(user, request=request) is False
+    refresh = make_credential(user).refresh_token
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.unlink_user(user, request=request) is True
+    assert not SliceCredential.objects.exists()
+    assert [event["request"] for event in unlinked] == [request]
+    assert revocations() == [refresh]
