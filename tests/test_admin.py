@@ -42,19 +42,19 @@ def corrupt(pk: int) -> None:
 
 
 @pytest.fixture
-def slice_api() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.post(REVOKE_URL, status=200)
-        mock.post(
-            TOKEN_URL,
-            json={
-                "access_token": canary("RENEWEDACCESS"),
-                "refresh_token": canary("RENEWEDREFRESH"),
-                "token_type": "bearer",
-                "expires_in": 3600,
-            },
-        )
-        yield mock
+def slice_api(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
+    mock = slice_mock
+    mock.post(REVOKE_URL, status=200)
+    mock.post(
+        TOKEN_URL,
+        json={
+            "access_token": canary("RENEWEDACCESS"),
+            "refresh_token": canary("RENEWEDREFRESH"),
+            "token_type": "bearer",
+            "expires_in": 3600,
+        },
+    )
+    return mock
 
 
 @pytest.fixture

@@ -64,20 +64,20 @@ def sha256(value: str) -> str:
 
 
 @pytest.fixture
-def slice_api() -> Iterator[responses.RequestsMock]:
+def slice_api(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
     """Slice, mocked: a token endpoint with canary tokens and a revocation endpoint."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.post(
-            TOKEN_URL,
-            json={
-                "access_token": canary("NEWACCESS"),
-                "refresh_token": canary("NEWREFRESH"),
-                "token_type": "bearer",
-                "expires_in": 3600,
-            },
-        )
-        mock.post(REVOKE_URL, status=200)
-        yield mock
+    mock = slice_mock
+    mock.post(
+        TOKEN_URL,
+        json={
+            "access_token": canary("NEWACCESS"),
+            "refresh_token": canary("NEWREFRESH"),
+            "token_type": "bearer",
+            "expires_in": 3600,
+        },
+    )
+    mock.post(REVOKE_URL, status=200)
+    return mock
 
 
 def calls_to(mock: responses.RequestsMock, url: str) -> list[Any]:

@@ -10,7 +10,7 @@ revocations, and the callback's query count.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,23 +38,23 @@ class Boom(Exception):
 
 
 @pytest.fixture
-def slice_api() -> Iterator[responses.RequestsMock]:
+def slice_api(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
     """The mocked Slice: each refresh answers new tokens; revocation and the API answer 200."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        count = iter(range(1, 1000))
+    mock = slice_mock
+    count = iter(range(1, 1000))
 
-        def token(request: Any) -> tuple[int, dict[str, str], str]:
-            n = next(count)
-            body = (
-                f'{{"access_token": "access-{n}", "refresh_token": "refresh-{n}", '
-                f'"token_type": "bearer", "expires_in": 3600}}'
-            )
-            return 200, {"Content-Type": "application/json"}, body
+    def token(request: Any) -> tuple[int, dict[str, str], str]:
+        n = next(count)
+        body = (
+            f'{{"access_token": "access-{n}", "refresh_token": "refresh-{n}", '
+            f'"token_type": "bearer", "expires_in": 3600}}'
+        )
+        return 200, {"Content-Type": "application/json"}, body
 
-        mock.add_callback(responses.POST, TOKEN_URL, callback=token)
-        mock.post(REVOKE_URL, status=200)
-        mock.get(API_URL, json={"result": {"userEmail": "a@example.com"}, "currentTime": 0})
-        yield mock
+    mock.add_callback(responses.POST, TOKEN_URL, callback=token)
+    mock.post(REVOKE_URL, status=200)
+    mock.get(API_URL, json={"result": {"userEmail": "a@example.com"}, "currentTime": 0})
+    return mock
 
 
 def token_calls(mock: responses.RequestsMock) -> list[Any]:

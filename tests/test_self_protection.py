@@ -8,7 +8,7 @@ every page that shows link state ``Cache-Control: no-store`` and refuse to be fr
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,12 +35,12 @@ def bare_middleware(settings: Any) -> None:
 
 
 @pytest.fixture
-def slice_api() -> Iterator[responses.RequestsMock]:
+def slice_api(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
     """Slice, recording every request; nothing may reach it in a refused POST."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.post(REVOKE_URL, status=200)
-        mock.post(TOKEN_URL, status=500)
-        yield mock
+    mock = slice_mock
+    mock.post(REVOKE_URL, status=200)
+    mock.post(TOKEN_URL, status=500)
+    return mock
 
 
 @pytest.fixture

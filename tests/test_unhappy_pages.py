@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -32,11 +32,11 @@ DENIED = "You chose not to give this site access to your Slice account."
 
 
 @pytest.fixture
-def slice_api() -> Iterator[responses.RequestsMock]:
+def slice_api(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
     """Any request to Slice would be recorded (and refused): these pages make none."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.post("https://slice.test/oauth/revoke", status=200)
-        yield mock
+    mock = slice_mock
+    mock.post("https://slice.test/oauth/revoke", status=200)
+    return mock
 
 
 @pytest.fixture

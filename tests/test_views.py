@@ -121,20 +121,20 @@ class Slice:
 
 
 @pytest.fixture
-def slice_api() -> Iterator[Slice]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        api = Slice(mock)
-        mock.post(
-            TOKEN_URL,
-            json={
-                "access_token": api.access,
-                "refresh_token": api.refresh,
-                "token_type": "bearer",
-                "expires_in": 3600,
-            },
-        )
-        mock.post(REVOKE_URL, status=200)
-        yield api
+def slice_api(slice_mock: responses.RequestsMock) -> Slice:
+    mock = slice_mock
+    api = Slice(mock)
+    mock.post(
+        TOKEN_URL,
+        json={
+            "access_token": api.access,
+            "refresh_token": api.refresh,
+            "token_type": "bearer",
+            "expires_in": 3600,
+        },
+    )
+    mock.post(REVOKE_URL, status=200)
+    return api
 
 
 @dataclass
