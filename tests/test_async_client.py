@@ -7,7 +7,7 @@ to the test's thread (and its database transaction), as they do in a Django asyn
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -166,15 +166,15 @@ class MockApi:
 
 
 @pytest.fixture
-def slice_tokens() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add(
-            responses.POST,
-            "https://slice.test/oauth/token",
-            body=token_json("renewed"),
-            content_type="application/json",
-        )
-        yield mock
+def slice_tokens(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
+    mock = slice_mock
+    mock.add(
+        responses.POST,
+        "https://slice.test/oauth/token",
+        body=token_json("renewed"),
+        content_type="application/json",
+    )
+    return mock
 
 
 def with_mock(target: Any, mock: MockApi, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -11,7 +11,7 @@ request at all would be recorded (and fail).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -50,10 +50,9 @@ CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
 
 
 @pytest.fixture
-def no_http() -> Iterator[responses.RequestsMock]:
+def no_http(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
     """Slice with no URL registered: every request would be recorded and refused."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
+    return slice_mock
 
 
 @pytest.fixture(params=[*CORRUPTIONS, "wrong-key"])

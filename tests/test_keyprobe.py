@@ -42,10 +42,9 @@ USERS = 50
 
 
 @pytest.fixture
-def no_http() -> Iterator[responses.RequestsMock]:
+def no_http(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
     """Slice with no URL registered: any request at all would be recorded (and fail)."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
+    return slice_mock
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import codecs
 import email.utils
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -45,9 +44,8 @@ JSON = "application/json"
 
 
 @pytest.fixture
-def slice_http() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
+def slice_http(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
+    return slice_mock
 
 
 def token_body(**changes: Any) -> dict[str, Any]:
