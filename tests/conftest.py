@@ -160,6 +160,22 @@ def make_credential(db: Any) -> Callable[..., SliceCredential]:
     return make
 
 
+# -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slice_settings(settings: Any) -> Callable[..., None]:
+    """``slice_settings(RENEW_WITHIN=..., ...)``: change SLICE_CONNECT keys for one test.
+
+    The rest of tests/settings.py's SLICE_CONNECT stays; pytest-django restores it after.
+    """
+
+    def update(**values: Any) -> None:
+        settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, **values}
+
+    return update
+
+
 # -- Slice, mocked (for fault injection and unit edges) -----------------------------------------
 
 

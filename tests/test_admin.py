@@ -690,12 +690,12 @@ def test_unlink_history_says_when_revocation_is_off(
     admin_client: Client,
     rows: dict[str, SliceCredential],
     slice_api: responses.RequestsMock,
-    settings: Any,
+    slice_settings: Callable[..., None],
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     from django.contrib.admin.models import LogEntry
 
-    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "REVOKE_ON_UNLINK": False}
+    slice_settings(REVOKE_ON_UNLINK=False)
     with django_capture_on_commit_callbacks(execute=True):
         run_action(admin_client, "unlink", rows["alice"].pk)
     assert revoked_tokens(slice_api) == []

@@ -559,9 +559,9 @@ def test_authorize_state_completes_at_the_callback_and_lands_on_next(
 
 
 def test_authorize_without_next_lands_on_link_success_url(
-    client: Client, settings: Any, slice_api: responses.RequestsMock
+    client: Client, slice_settings: Callable[..., None], slice_api: responses.RequestsMock
 ) -> None:
-    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "LINK_SUCCESS_URL": "/linked/"}
+    slice_settings(LINK_SUCCESS_URL="/linked/")
     url = body_of(client.post(AUTHORIZE))["authorize_url"]
     response = client.get(CALLBACK, {"code": "c", "state": state_of(url)})
     assert response["Location"] == "/linked/"

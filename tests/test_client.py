@@ -505,9 +505,11 @@ def test_iter_collection_stops_on_a_repeated_page(
 
 @pytest.mark.django_db
 def test_iter_collection_stops_after_api_max_pages(
-    credential: SliceCredential, slice_mock: responses.RequestsMock, settings: Any
+    credential: SliceCredential,
+    slice_mock: responses.RequestsMock,
+    slice_settings: Callable[..., None],
 ) -> None:
-    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "API_MAX_PAGES": 5}
+    slice_settings(API_MAX_PAGES=5)
     rows = [{"id": n} for n in range(1000)]  # 100 full pages of 10
     slice_mock.add_callback(responses.GET, api_url("orders"), callback=paged(rows))
     with SliceClient(credential) as client:
@@ -521,11 +523,14 @@ def test_iter_collection_stops_after_api_max_pages(
 @pytest.mark.django_db
 @pytest.mark.parametrize("value", [0, -1, "10", 2.5, True])
 def test_api_max_pages_must_be_a_positive_integer(
-    value: Any, credential: SliceCredential, slice_mock: responses.RequestsMock, settings: Any
+    value: Any,
+    credential: SliceCredential,
+    slice_mock: responses.RequestsMock,
+    slice_settings: Callable[..., None],
 ) -> None:
     from django.core.exceptions import ImproperlyConfigured
 
-    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "API_MAX_PAGES": value}
+    slice_settings(API_MAX_PAGES=value)
     with SliceClient(credential) as client, pytest.raises(ImproperlyConfigured):
         list(client.iter_collection("orders"))
     assert len(slice_mock.calls) == 0

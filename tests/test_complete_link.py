@@ -4,6 +4,7 @@ tests/test_views.py, its fuzzing in tests/test_fuzz_callback.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -55,9 +56,9 @@ def test_links_and_returns_the_attempts_next(user: Any, slice_mock: responses.Re
 
 
 def test_without_next_goes_to_link_success_url(
-    user: Any, slice_mock: responses.RequestsMock, settings: Any
+    user: Any, slice_mock: responses.RequestsMock, slice_settings: Callable[..., None]
 ) -> None:
-    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "LINK_SUCCESS_URL": "/linked/"}
+    slice_settings(LINK_SUCCESS_URL="/linked/")
     slice_mock.post(TOKEN_URL, json={"access_token": "a", "refresh_token": "r"})
     request = callback_request(user, "")
     state = start(request, next_url=None)

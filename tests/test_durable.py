@@ -307,12 +307,12 @@ def test_first_link_and_revocation_off_revoke_nothing(
     make_credential: Callable[..., SliceCredential],
     slice_api: responses.RequestsMock,
     django_capture_on_commit_callbacks: Any,
-    settings: Any,
+    slice_settings: Callable[..., None],
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         services.link(user, tokens(3))
     assert revoked(slice_api) == []
-    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "REVOKE_ON_UNLINK": False}
+    slice_settings(REVOKE_ON_UNLINK=False)
     with django_capture_on_commit_callbacks(execute=True):
         services.link(user, tokens(4))
     assert revoked(slice_api) == []

@@ -50,7 +50,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -222,9 +222,9 @@ def predicted_lost(recovery: datetime) -> int:
 
 
 @pytest.fixture
-def rate(renewal_settings: None, settings: Any) -> float:
+def rate(renewal_settings: None, slice_settings: Callable[..., None]) -> float:
     """The battery's ``RENEW_RATE_LIMIT`` (1/s per 1,000 credentials)."""
-    settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, "RENEW_RATE_LIMIT": BATTERY_RATE}
+    slice_settings(RENEW_RATE_LIMIT=BATTERY_RATE)
     return BATTERY_RATE
 
 

@@ -33,14 +33,6 @@ MakeCredential = Callable[..., SliceCredential]
 
 
 @pytest.fixture
-def slice_settings(settings: Any) -> Callable[..., None]:
-    def update(**values: Any) -> None:
-        settings.SLICE_CONNECT = {**settings.SLICE_CONNECT, **values}
-
-    return update
-
-
-@pytest.fixture
 def captured() -> Iterator[mock.MagicMock]:
     with mock.patch.object(renew_credential, "apply_async") as apply_async:
         yield apply_async
