@@ -295,7 +295,28 @@ def test_sandbox_command_registers_the_site_and_prints_working_settings(
         timeout=timeout,
     )
     assert answer.status_code == 302 and "/accounts/login/" in answer.headers["Location"]
-    assert "slice_sandbox_sessionid" not in answer.headers.get("Set-Cookie", "sessionid=")
+    # Signing in to the sandbox sets cookies of its own names only, so a site on the same
+    # host name keeps its session (and its pending link attempt).
+    with requests.Session() as browser:
+        login = f"{sandbox_url}/accounts/login/"
+        browser.get(login, timeout=timeout).raise_for_status()
+        assert set(browser.cookies.keys()) == {"slice_sandbox_csrftoken"}
+        signed_in = browser.post(
+            login,
+            data={
+                "username": "demo",
+                "password": "slice-demo",
+                "csrfmiddlewaretoken": browser.cookies["slice_sandbox_csrftoken"],
+            },
+            headers={"Referer": login},
+            allow_redirects=False,
+            timeout=timeout,
+        )
+        assert signed_in.status_code == 302, signed_in.text
+        assert set(browser.cookies.keys()) == {
+            "slice_sandbox_csrftoken",
+            "slice_sandbox_sessionid",
+        }
     # ... the printed secret authenticates the client (a bad code, not a bad client) ...
     form = {
         "client_id": client_id,
