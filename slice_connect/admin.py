@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.models import DELETION, LogEntry
@@ -49,8 +49,14 @@ class RefreshExpiryFilter(admin.SimpleListFilter):
         )
 
 
+if TYPE_CHECKING:
+    CredentialModelAdmin = admin.ModelAdmin[SliceCredential]
+else:  # ModelAdmin is generic for django-stubs only (not subscriptable at run time)
+    CredentialModelAdmin = admin.ModelAdmin
+
+
 @admin.register(SliceCredential)
-class SliceCredentialAdmin(admin.ModelAdmin):
+class SliceCredentialAdmin(CredentialModelAdmin):
     """Read-only view of credentials; changes go through slice_connect.services.
 
     The change page is view-only for everyone: saving it would write back a snapshot read
@@ -164,8 +170,10 @@ class SliceCredentialAdmin(admin.ModelAdmin):
         Messages (here and in ``log_change``) are built from the user, error codes and
         version numbers only: never a token.
         """
+        user_id = request.user.pk
+        assert user_id is not None  # the admin serves logged-in staff only
         LogEntry.objects.log_actions(
-            user_id=request.user.pk,
+            user_id=user_id,
             queryset=[credential],
             action_flag=DELETION,
             change_message=str(message),

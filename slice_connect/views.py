@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
@@ -23,7 +24,6 @@ from django.views.decorators.debug import sensitive_variables
 
 from . import oauth, services, states
 from .conf import app_settings
-from .models import SliceCredential
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +99,15 @@ def start_authorization(request: HttpRequest, next_url: str | None = None) -> st
     )
 
 
-def no_store(view: Any) -> Any:
+#: A view function, as Django's view decorators take and return it.
+ViewFunction = Callable[..., HttpResponseBase]
+
+
+def no_store(view: ViewFunction) -> ViewFunction:
     """Mark every answer of ``view`` ``Cache-Control: no-store`` (it shows link state)."""
 
     @wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         response = view(request, *args, **kwargs)
         patch_cache_control(response, no_store=True)
         return response
@@ -115,9 +119,16 @@ def no_store(view: Any) -> Any:
 #: every POST (``csrf_protect``, also needed for ``{% csrf_token %}`` without the
 #: middleware), ``no-store`` on every answer (login redirects and CSRF refusals included),
 #: and no framing (clickjacking the "Continue to Slice" or "Unlink" button).
-SELF_PROTECTED = [xframe_options_deny, no_store, csrf_protect]
+SELF_PROTECTED: list[Callable[[ViewFunction], ViewFunction]] = [
+    xframe_options_deny,
+    no_store,
+    csrf_protect,
+]
 #: The callback takes no POST (405) and its pages have no form: no CSRF check to make.
-SELF_PROTECTED_GET_ONLY = [xframe_options_deny, no_store]
+SELF_PROTECTED_GET_ONLY: list[Callable[[ViewFunction], ViewFunction]] = [
+    xframe_options_deny,
+    no_store,
+]
 
 
 @method_decorator(SELF_PROTECTED, name="dispatch")
@@ -210,7 +221,7 @@ class CallbackView(View):
     http_method_names = ["get"]
     template_name = "slice_connect/error.html"
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         response = super().dispatch(request, *args, **kwargs)
         response["Cache-Control"] = "no-store"
         response["Referrer-Policy"] = "no-referrer"
@@ -262,16 +273,10 @@ class UnlinkView(LoginRequiredMixin, View):
         return page
 
     def post(self, request: HttpRequest) -> HttpResponse:
-        credential = (
-            SliceCredential.objects.filter(user=request.user)
-            .only("pk", "user", "refresh_token")
-            .first()
-        )
-        if credential is None:
+        if not services.unlink_user(request.user, request=request):
             logger.info("Unlink requested by user %s, who has no credential.", request.user.pk)
             messages.info(request, _("Your Slice account was not linked."), fail_silently=True)
         else:
-            services.unlink(credential, request=request)
             messages.success(
                 request, _("Your Slice account is no longer linked."), fail_silently=True
             )
