@@ -113,3 +113,11 @@ def test_every_exception_and_check_is_in_the_reference() -> None:
     documented = (ROOT / "docs" / "reference" / "checks.rst").read_text(encoding="utf-8")
     for check_id in sorted(set(re.findall(r'id="(slice_connect\.[EW]\d{3})"', source))):
         assert f"``{check_id}``" in documented, check_id
+
+
+def test_readme_links_into_the_docs() -> None:
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    targets = re.findall(r"<(docs/[^>]+\.rst)>`_", readme)
+    assert "docs/tutorial.rst" in targets and "docs/threat-model.rst" in targets
+    missing = sorted(t for t in targets if not (ROOT / t).is_file())
+    assert not missing, f"README.rst links to missing pages: {missing}"
