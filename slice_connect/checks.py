@@ -25,7 +25,7 @@ E002_HINT = "Use https for every Slice URL; plain http is allowed only with DEBU
 E003_MSG = "FERNET_KEYS is not set, so tokens are encrypted with SECRET_KEY."
 E003_HINT = "Set FERNET_KEYS to a list of secrets; rotating SECRET_KEY would lose every link."
 E004_MSG = "settings.SLICE_CONNECT is invalid."
-E004_HINT = "{error} See the Configuration section of django-slice-connect's README."
+E004_HINT = "{error} See the settings reference: docs/reference/settings.rst."
 E005_MSG = "FERNET_KEYS must be a list or tuple of strings, not {type}."
 E005_ENTRY_MSG = "FERNET_KEYS[{index}] is not a string."
 E005_HINT = "Write FERNET_KEYS = [key, ...]; a plain string is used one character per key."

@@ -45,7 +45,7 @@ def own_connection_possible(using: str = DEFAULT_DB_ALIAS) -> bool:
     """Whether a second connection can write while the caller's transaction is open.
 
     SQLite allows one writer at a time: with ``transaction_mode: IMMEDIATE`` (which the
-    README asks for) a transaction holds the write lock from its first statement, so a
+    docs ask for) a transaction holds the write lock from its first statement, so a
     second connection waiting for that lock while the first waits for it would only end
     with "database is locked" after the busy timeout.
     """

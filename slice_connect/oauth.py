@@ -281,7 +281,7 @@ def _error_for(status: int, body: bytes, retry_after: float | None) -> SliceConn
     """Map a non-200 token answer onto the error taxonomy."""
     if status >= 500:
         # A gateway's 502/504 after the upstream rotated, or a 500 after a commit: the
-        # request may have been processed, so it counts as a lost answer (see README).
+        # request may have been processed, so it counts as a lost answer (rule R43).
         return ResponseLost(
             f"Slice's token endpoint answered HTTP {status}.",
             code=f"http_{status}",

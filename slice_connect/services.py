@@ -542,7 +542,7 @@ def renew(credential: SliceCredential, *, force: bool = False) -> SliceCredentia
     The decision is taken on the row re-read under its lock, so concurrent callers cause one
     refresh and all end with the same tokens. ``credential`` is updated in place and also
     returned. Raises :class:`NeedsReauth`, :class:`TransientError` or
-    :class:`ConfigurationError` (see the README's error taxonomy).
+    :class:`ConfigurationError` (see the error taxonomy in docs/topics/renewal.rst).
     """
     renew_with_result(credential, force=force)
     return credential

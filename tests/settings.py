@@ -45,8 +45,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 
-# The README's cross-origin recipe for the JSON endpoints; no origin is allowed unless a
-# test allows one (test_browser_cross_origin).
+# The docs' cross-origin recipe for the JSON endpoints (docs/howto/single-page-apps.rst);
+# no origin is allowed unless a test allows one (test_browser_cross_origin).
 CORS_URLS_REGEX = r"^/slice/api/.*$"
 CORS_ALLOWED_ORIGINS: list[str] = []
 

@@ -1,10 +1,10 @@
-"""The README's recipe for a front end on another origin, in Chromium.
+"""The docs' recipe for a front end on another origin (docs/howto/single-page-apps.rst).
 
 The front end is a static page served from another port of ``localhost`` (another origin,
 the same site), calling ``/slice/api/`` on the live server with ``fetch(..., {credentials:
-"include"})`` and django-cors-headers configured as the README says. With the whole recipe
+"include"})`` and django-cors-headers configured as the docs say. With the whole recipe
 it links (landing back on the front end through ``LINK_SUCCESS_URL``) and unlinks;
-without each setting it fails the way the README says.
+without each setting it fails the way the docs say.
 """
 
 # ruff: noqa: F811  (test_browser's fixtures are imported by name, then requested by name)
@@ -100,7 +100,7 @@ def front_end(live_server: Any) -> Iterator[str]:
 
 
 def configure(settings: Any, front: str, *, leave_out: str | None = None) -> None:
-    """The README's settings for ``front``, but for ``leave_out``."""
+    """The docs' settings for ``front``, but for ``leave_out``."""
     values = {
         "CORS_ALLOWED_ORIGINS": [front],
         "CORS_ALLOW_CREDENTIALS": True,

@@ -51,7 +51,7 @@ def e002(key: str) -> CheckMessage:
 def e004(error: str) -> CheckMessage:
     return checks.Error(
         "settings.SLICE_CONNECT is invalid.",
-        hint=f"{error} See the Configuration section of django-slice-connect's README.",
+        hint=f"{error} See the settings reference: docs/reference/settings.rst.",
         id="slice_connect.E004",
     )
 
