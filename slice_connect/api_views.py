@@ -197,32 +197,42 @@ def _next_from(request: HttpRequest) -> str | None:
     """The optional ``next`` of a JSON object body or of a form."""
     content_type = request.content_type or ""
     if content_type == "application/json" or content_type.endswith("+json"):
-        try:
-            raw = request.body
-        except RequestDataTooBig:
-            raise BadInput("The request body is too large.") from None
-        if len(raw) > MAX_BODY:
-            raise BadInput("The request body is too large.")
-        try:
-            body = json.loads(raw) if raw.strip() else {}
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            raise BadInput("The request body is not valid JSON.") from None
-        if not isinstance(body, dict):
-            raise BadInput("The request body must be a JSON object.")
-        value = body.get("next")
+        value = _json_next(request)
     else:
-        try:
-            values = request.POST.getlist("next")
-        except RequestDataTooBig:
-            raise BadInput("The request body is too large.") from None
-        if len(values) > 1:
-            raise BadInput("Give next at most once.")
-        value = values[0] if values else None
+        value = _form_next(request)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise BadInput("next must be a string.")
     return value
+
+
+def _json_next(request: HttpRequest) -> Any:
+    """``next`` of a JSON object body (any JSON type: the caller checks it)."""
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise BadInput("The request body is too large.") from None
+    if len(raw) > MAX_BODY:
+        raise BadInput("The request body is too large.")
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise BadInput("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise BadInput("The request body must be a JSON object.")
+    return body.get("next")
+
+
+def _form_next(request: HttpRequest) -> str | None:
+    """``next`` of a form body, given at most once."""
+    try:
+        values = request.POST.getlist("next")
+    except RequestDataTooBig:
+        raise BadInput("The request body is too large.") from None
+    if len(values) > 1:
+        raise BadInput("Give next at most once.")
+    return values[0] if values else None
 
 
 @json_endpoint("POST")

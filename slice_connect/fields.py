@@ -122,19 +122,23 @@ def key_problems(keys: Any) -> list[tuple[str, int | None]]:
     except ImproperlyConfigured:
         secrets_in_use = set(getattr(settings, "SECRET_KEY_FALLBACKS", ()))
     hkdf_on = use_hkdf()
-    problems: list[tuple[str, int | None]] = []
-    for index, key in enumerate(keys):
-        if key is None or (isinstance(key, (str, bytes)) and not key.strip()):
-            problems.append(("blank", index))
-            continue
-        if not isinstance(key, str):
-            problems.append(("type", index))
-            continue
-        if key in secrets_in_use:
-            problems.append(("secret_key", index))
-        if (len(key) < MIN_KEY_LENGTH) if hkdf_on else not is_fernet_key(key):
-            problems.append(("short", index))
-    return problems
+    return [
+        (kind, index)
+        for index, key in enumerate(keys)
+        for kind in _key_problems(key, secrets_in_use, hkdf_on=hkdf_on)
+    ]
+
+
+def _key_problems(key: Any, secrets_in_use: set[Any], *, hkdf_on: bool) -> list[str]:
+    """The kinds of problem of one ``FERNET_KEYS`` entry (see :func:`key_problems`)."""
+    if key is None or (isinstance(key, (str, bytes)) and not key.strip()):
+        return ["blank"]
+    if not isinstance(key, str):
+        return ["type"]
+    kinds = ["secret_key"] if key in secrets_in_use else []
+    if (len(key) < MIN_KEY_LENGTH) if hkdf_on else not is_fernet_key(key):
+        kinds.append("short")
+    return kinds
 
 
 def configured_keys() -> tuple[str, ...]:
