@@ -36,7 +36,7 @@ from slice_connect import __version__  # noqa: E402
 
 project = "django-slice-connect"
 author = "django-slice-connect contributors"
-copyright = "django-slice-connect contributors"  # noqa: A001
+copyright = "django-slice-connect contributors"
 release = __version__
 version = ".".join(__version__.split(".")[:2])
 
