@@ -481,6 +481,12 @@ def mib(kib: float) -> str:
     return f"{kib / 1024:.1f} MiB"
 
 
+def _overhead_table(title: str, ours: str, bare: str, r: dict[str, Any], note: str) -> Any:
+    """One client-vs-bare table: the two medians and their ratio."""
+    row = [f"{r['client_median_us']:.0f} µs", f"{r['bare_median_us']:.0f} µs", f"{r['ratio']:.3f}"]
+    return (title, [f"{ours} median", f"{bare} median", "ratio"], [row], note)
+
+
 def tables(results: Results, plan: Plan) -> list[tuple[str, list[str], list[list[str]], str]]:
     """(title, headers, rows, note) for each figure table."""
     out = []
@@ -595,16 +601,11 @@ def tables(results: Results, plan: Plan) -> list[tuple[str, list[str], list[list
     c = results.client
     if c:
         out.append(
-            (
+            _overhead_table(
                 "API call overhead",
-                ["SliceClient.get median", "bare requests.Session median", "ratio"],
-                [
-                    [
-                        f"{c['client_median_us']:.0f} µs",
-                        f"{c['bare_median_us']:.0f} µs",
-                        f"{c['ratio']:.3f}",
-                    ]
-                ],
+                "SliceClient.get",
+                "bare requests.Session",
+                c,
                 f"{c['calls']:,} interleaved calls each, keep-alive, same headers, timeout and "
                 "trust_env=False, JSON decoded on both sides.",
             )
@@ -612,16 +613,11 @@ def tables(results: Results, plan: Plan) -> list[tuple[str, list[str], list[list
     a = results.async_client
     if a:
         out.append(
-            (
+            _overhead_table(
                 "Async API call overhead",
-                ["AsyncSliceClient.get median", "bare httpx.AsyncClient median", "ratio"],
-                [
-                    [
-                        f"{a['client_median_us']:.0f} µs",
-                        f"{a['bare_median_us']:.0f} µs",
-                        f"{a['ratio']:.3f}",
-                    ]
-                ],
+                "AsyncSliceClient.get",
+                "bare httpx.AsyncClient",
+                a,
                 f"{a['calls']:,} interleaved awaited calls each on one event loop, keep-alive, "
                 "same headers and timeout, trust_env=False, JSON decoded on both sides.",
             )

@@ -568,6 +568,21 @@ def _best_time_ms(sql: str, repeat: int = 5) -> float:
     return best * 1000
 
 
+def _overhead(username: str, client_times: list[float], bare_times: list[float]) -> dict[str, Any]:
+    """A client-vs-bare comparison's result; removes the step's extra user."""
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.filter(username=username).delete()
+    client_median = statistics.median(client_times)
+    bare_median = statistics.median(bare_times)
+    return {
+        "calls": len(client_times),
+        "client_median_us": client_median * 1e6,
+        "bare_median_us": bare_median * 1e6,
+        "ratio": client_median / bare_median,
+    }
+
+
 def step_client(args: argparse.Namespace) -> dict[str, Any]:
     """SliceClient.get vs a bare requests.Session with the same header: median latency."""
     import requests
@@ -608,17 +623,7 @@ def step_client(args: argparse.Namespace) -> dict[str, Any]:
     check(body.get("ok") is True, f"API answered {body!r}")
     client.close()
     bare.close()
-    from django.contrib.auth import get_user_model
-
-    get_user_model().objects.filter(username="bench-client").delete()
-    client_median = statistics.median(client_times)
-    bare_median = statistics.median(bare_times)
-    return {
-        "calls": args.n,
-        "client_median_us": client_median * 1e6,
-        "bare_median_us": bare_median * 1e6,
-        "ratio": client_median / bare_median,
-    }
+    return _overhead("bench-client", client_times, bare_times)
 
 
 def step_async_client(args: argparse.Namespace) -> dict[str, Any]:
@@ -668,17 +673,7 @@ def step_async_client(args: argparse.Namespace) -> dict[str, Any]:
 
     client_times, bare_times, body = asyncio.run(measure())
     check(body.get("ok") is True, f"API answered {body!r}")
-    from django.contrib.auth import get_user_model
-
-    get_user_model().objects.filter(username="bench-async-client").delete()
-    client_median = statistics.median(client_times)
-    bare_median = statistics.median(bare_times)
-    return {
-        "calls": args.n,
-        "client_median_us": client_median * 1e6,
-        "bare_median_us": bare_median * 1e6,
-        "ratio": client_median / bare_median,
-    }
+    return _overhead("bench-async-client", client_times, bare_times)
 
 
 def step_crypto(args: argparse.Namespace) -> dict[str, Any]:
