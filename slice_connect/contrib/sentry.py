@@ -185,12 +185,23 @@ def scrub(value: Any, literals: list[str] | None = None) -> Any:
 
 
 def _scrub(value: Any, literals: list[str], depth: int, seen: set[int]) -> Any:
+    """Text is scrubbed, containers are walked, any other object is kept as it is."""
     if isinstance(value, str):
         return scrub_text(value, literals)
     if isinstance(value, (bytes, bytearray)):
         return scrub_text(bytes(value).decode("utf-8", "replace"), literals)
-    if not isinstance(value, (dict, list, tuple)):
-        return value
+    if isinstance(value, (dict, list, tuple)):
+        return _scrub_container(value, literals, depth, seen)
+    return value
+
+
+def _scrub_container(
+    value: dict[Any, Any] | list[Any] | tuple[Any, ...],
+    literals: list[str],
+    depth: int,
+    seen: set[int],
+) -> Any:
+    """A dict or a list is scrubbed in place, a tuple is rebuilt; each item one level down."""
     if depth > MAX_DEPTH:
         return FILTERED
     if id(value) in seen:  # a cycle (raw breadcrumb data): already being scrubbed
@@ -202,20 +213,30 @@ def _scrub(value: Any, literals: list[str], depth: int, seen: set[int]) -> Any:
         for index, item in enumerate(value):
             value[index] = _scrub(item, literals, depth + 1, seen)
         return value
-    frames = value.get("frames")
+    return _scrub_mapping(value, literals, depth + 1, seen)
+
+
+def _scrub_mapping(
+    mapping: dict[Any, Any], literals: list[str], depth: int, seen: set[int]
+) -> dict[Any, Any]:
+    """A stack trace's frames lose their locals first, then each member is scrubbed."""
+    frames = mapping.get("frames")
     if isinstance(frames, list):
         _scrub_frames(frames)
-    for key in list(value):
-        if key == "_meta":  # sentry's own annotations: lengths and remarks, no data
-            continue
-        if isinstance(key, str) and _normalized(key) in SECRET_KEYS:
-            if value[key] not in (None, ""):
-                value[key] = FILTERED
-        elif key in SOURCE_KEYS:
-            value[key] = _replace_literals(value[key], literals)
-        else:
-            value[key] = _scrub(value[key], literals, depth + 1, seen)
-    return value
+    for key in list(mapping):
+        mapping[key] = _scrub_member(key, mapping[key], literals, depth, seen)
+    return mapping
+
+
+def _scrub_member(key: Any, value: Any, literals: list[str], depth: int, seen: set[int]) -> Any:
+    """The value of ``mapping[key]``, scrubbed according to the key."""
+    if key == "_meta":  # sentry's own annotations: lengths and remarks, no data
+        return value
+    if isinstance(key, str) and _normalized(key) in SECRET_KEYS:
+        return value if value in (None, "") else FILTERED
+    if key in SOURCE_KEYS:  # source lines: code, so only a literal secret goes
+        return _replace_literals(value, literals)
+    return _scrub(value, literals, depth, seen)
 
 
 def _stacktraces(event: dict[str, Any]) -> list[list[Any]]:
