@@ -29,18 +29,20 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from slice_connect.models import SliceCredential
 from tests import profiles
+from tests import settings as test_settings
 
 # Quick by default, long with SLICE_CONNECT_TEST_PROFILE=long (tests/profiles.py).
 hypothesis.settings.register_profile("ci", max_examples=1000)
 hypothesis.settings.register_profile("dev", max_examples=200)
 hypothesis.settings.load_profile(profiles.HYPOTHESIS_PROFILE)
 
-# The mocked Slice's endpoints, as tests/settings.py configures them.
-SLICE = "https://slice.test"
-AUTHORIZE_URL = f"{SLICE}/oauth/authorize"
-TOKEN_URL = f"{SLICE}/oauth/token"
-REVOKE_URL = f"{SLICE}/oauth/revoke"
-API = f"{SLICE}/api/v1/"
+# The mocked Slice: SLICE_CONNECT as tests/settings.py (the one place it is written)
+# configures it; tests change it with ``{**BASE_CONFIG, ...}``.
+BASE_CONFIG: dict[str, Any] = dict(test_settings.SLICE_CONNECT)
+AUTHORIZE_URL = BASE_CONFIG["AUTHORIZE_URL"]
+TOKEN_URL = BASE_CONFIG["TOKEN_URL"]
+REVOKE_URL = BASE_CONFIG["REVOKE_URL"]
+API = BASE_CONFIG["API_BASE_URL"]
 API_URL = f"{API}users/self"
 
 REDIS_URL = os.environ.get("SLICE_CONNECT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

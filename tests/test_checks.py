@@ -11,14 +11,12 @@ from django.core import checks
 from django.core.checks import CheckMessage, run_checks
 
 from slice_connect import checks as sc_checks
+from tests.conftest import BASE_CONFIG
 
 GOOD: dict[str, Any] = {
+    **BASE_CONFIG,
     "CLIENT_ID": "client-id",
     "CLIENT_SECRET": "client-secret",
-    "AUTHORIZE_URL": "https://slice.test/oauth/authorize",
-    "TOKEN_URL": "https://slice.test/oauth/token",
-    "REVOKE_URL": "https://slice.test/oauth/revoke",
-    "API_BASE_URL": "https://slice.test/api/v1/",
     "REDIRECT_URI": "https://app.test/slice/callback/",
 }
 

@@ -55,7 +55,7 @@ from hypothesis import strategies as st
 from slice_connect import states, views
 from slice_connect.conf import app_settings
 from slice_connect.models import SliceCredential
-from tests.conftest import TOKEN_URL
+from tests.conftest import BASE_CONFIG, TOKEN_URL
 
 pytestmark = pytest.mark.django_db
 
@@ -473,12 +473,9 @@ def world(
     settings: Any,
 ) -> Iterator[World]:
     settings.SLICE_CONNECT = {
+        **BASE_CONFIG,
         "CLIENT_ID": "fuzz-client",
         "CLIENT_SECRET": "fuzz-secret",
-        "AUTHORIZE_URL": f"{ISSUER}/oauth/authorize",
-        "TOKEN_URL": TOKEN_URL,
-        "REVOKE_URL": f"{ISSUER}/oauth/revoke",
-        "API_BASE_URL": f"{ISSUER}/api/v1/",
     }
     alice, bob = make_user("alice"), make_user("bob")
     credential = make_credential(bob)

@@ -19,7 +19,7 @@ from django.test import Client
 import slice_connect
 from slice_connect import oauth, services, states
 from slice_connect.models import SliceCredential
-from tests.conftest import REVOKE_URL, TOKEN_URL
+from tests.conftest import BASE_CONFIG, REVOKE_URL, TOKEN_URL
 
 PACKAGE = Path(slice_connect.__file__).parent
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts)
@@ -275,14 +275,7 @@ def test_full_flow_logs_no_secret(
     django_capture_on_commit_callbacks: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings.SLICE_CONNECT = {
-        "CLIENT_ID": "test-client-id",
-        "CLIENT_SECRET": SECRET,
-        "AUTHORIZE_URL": "https://slice.test/oauth/authorize",
-        "TOKEN_URL": TOKEN_URL,
-        "REVOKE_URL": REVOKE_URL,
-        "API_BASE_URL": "https://slice.test/api/v1/",
-    }
+    settings.SLICE_CONNECT = {**BASE_CONFIG, "CLIENT_SECRET": SECRET}
     codes = ["CODE1-CANARY-8277e0910d75", "CODE2-CANARY-e4da3b7fbbce"]
     client = Client()
     client.force_login(user)

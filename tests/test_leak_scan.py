@@ -76,7 +76,7 @@ from slice_connect.client import SliceClient
 from slice_connect.exceptions import NeedsReauth, TransientError
 from slice_connect.fields import EncryptedTokenField
 from slice_connect.models import SliceCredential
-from tests.conftest import API_URL, REVOKE_URL, TOKEN_URL
+from tests.conftest import API_URL, BASE_CONFIG, REVOKE_URL, TOKEN_URL
 
 from .flow import consent, csrf_token, start_link
 
@@ -694,12 +694,9 @@ def test_canary_leak_scan(
         ["ops@example.com"] if django.VERSION >= (6, 0) else [("Ops", "ops@example.com")]
     )
     settings.SLICE_CONNECT = {
+        **BASE_CONFIG,
         "CLIENT_ID": "leak-scan-client",
         "CLIENT_SECRET": secret,
-        "AUTHORIZE_URL": "https://slice.test/oauth/authorize",
-        "TOKEN_URL": TOKEN_URL,
-        "REVOKE_URL": REVOKE_URL,
-        "API_BASE_URL": "https://slice.test/api/v1/",
     }
     mail.outbox = []
     alice = make_user("alice")

@@ -29,13 +29,12 @@ from slice_connect.exceptions import (
     TransientError,
 )
 from slice_connect.models import SliceCredential
+from tests.conftest import API, TOKEN_URL
 from tests.faulty_server import Fault, FaultyServer, make_tls_files, token_json
 
 pytestmark = pytest.mark.django_db
 
 MakeCredential = Callable[..., SliceCredential]
-API = "https://slice.test/api/v1/"
-TOKEN_URL = "https://slice.test/oauth/token"
 
 
 def _get(target: Any, path: str = "orders", **kwargs: Any) -> Any:

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from slice_connect import oauth, signals, states
 from slice_connect.models import CallbackClaim, SliceCredential
-from tests.conftest import REVOKE_URL, TOKEN_URL
+from tests.conftest import BASE_CONFIG, REVOKE_URL, TOKEN_URL
 
 pytestmark = pytest.mark.django_db
 
@@ -40,14 +40,6 @@ AUTHORIZE = "/slice/authorize/"
 CALLBACK = "/slice/callback/"
 UNLINK = "/slice/unlink/"
 TABLE = SliceCredential._meta.db_table
-BASE_CONFIG: dict[str, Any] = {
-    "CLIENT_ID": "test-client-id",
-    "CLIENT_SECRET": "test-client-secret",
-    "AUTHORIZE_URL": "https://slice.test/oauth/authorize",
-    "TOKEN_URL": TOKEN_URL,
-    "REVOKE_URL": REVOKE_URL,
-    "API_BASE_URL": "https://slice.test/api/v1/",
-}
 
 # The fixed texts the callback may show.
 MISSING = "The link request is missing its security check."
