@@ -27,6 +27,7 @@ from slice_connect.exceptions import (
     TransientError,
 )
 from slice_connect.models import SliceCredential
+from tests.conftest import TOKEN_URL
 from tests.faulty_server import Fault, FaultyServer, token_json
 
 pytestmark = pytest.mark.django_db
@@ -170,7 +171,7 @@ def slice_tokens(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
     mock = slice_mock
     mock.add(
         responses.POST,
-        "https://slice.test/oauth/token",
+        TOKEN_URL,
         body=token_json("renewed"),
         content_type="application/json",
     )

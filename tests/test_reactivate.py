@@ -24,6 +24,7 @@ from django.utils import timezone
 from slice_connect import keys, services
 from slice_connect.exceptions import CredentialUnreadable
 from slice_connect.models import SliceCredential
+from tests.conftest import TOKEN_URL
 from tests.helpers import tokens_readable
 
 from .raw import flip_bit, raw_tokens
@@ -151,7 +152,7 @@ def test_a_reactivated_credential_renews_again(
     pk = lost_key_drill["old"][3]
     with responses.RequestsMock() as slice_mock:
         slice_mock.post(
-            "https://slice.test/oauth/token",
+            TOKEN_URL,
             json={
                 "access_token": "new-access-token-after-reactivation",
                 "refresh_token": "new-refresh-token-after-reactivation",

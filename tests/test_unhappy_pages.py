@@ -22,6 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from slice_connect.models import SliceCredential
+from tests.conftest import REVOKE_URL, TOKEN_URL
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +36,7 @@ DENIED = "You chose not to give this site access to your Slice account."
 def slice_api(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
     """Any request to Slice would be recorded (and refused): these pages make none."""
     mock = slice_mock
-    mock.post("https://slice.test/oauth/revoke", status=200)
+    mock.post(REVOKE_URL, status=200)
     return mock
 
 
@@ -152,7 +153,7 @@ def test_error_page_actions_are_buttons(
 def test_error_page_without_retry_still_has_a_button(
     user: Any, client_for: Callable[[Any], Client], slice_api: responses.RequestsMock
 ) -> None:
-    slice_api.post("https://slice.test/oauth/token", status=401, json={"error": "invalid_client"})
+    slice_api.post(TOKEN_URL, status=401, json={"error": "invalid_client"})
     client = client_for(user)
     state = start(client)
     response = client.get(CALLBACK, {"state": state, "code": "c0de"})
