@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +57,8 @@ class Plan:
     client_calls: int
     crypto_renewals: int
     commit_samples: int
+    sizing_sizes: list[int]  # links in the sizing sweep's table (benchmarks/sizing.py)
+    publish_count: int  # messages sent to Redis to time apply_async (sizing)
     batch_size: int = 500  # RENEW_BATCH_SIZE (the quick run pages through small batches)
 
 
@@ -73,6 +75,8 @@ FULL = Plan(
     client_calls=3_000,
     crypto_renewals=1_000,
     commit_samples=200,
+    sizing_sizes=[1_000_000],
+    publish_count=20_000,
 )
 QUICK = Plan(
     sizes=[100, 300],
@@ -87,6 +91,8 @@ QUICK = Plan(
     client_calls=300,
     crypto_renewals=30,
     commit_samples=20,
+    sizing_sizes=[2_000],
+    publish_count=200,
     batch_size=40,
 )
 
@@ -103,6 +109,8 @@ class Results:
     async_client: dict[str, Any] = field(default_factory=dict)
     crypto: dict[str, Any] = field(default_factory=dict)
     commit: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sizing: dict[str, Any] = field(default_factory=dict)
+    sizing_only: bool = False
 
 
 def log(message: str) -> None:
@@ -113,9 +121,11 @@ def log(message: str) -> None:
 # -- processes -------------------------------------------------------------------------
 
 
-def worker(step: str, env: dict[str, str], **options: Any) -> dict[str, Any]:
-    """Run one worker step in a fresh process and return its JSON result."""
-    command = [PYTHON, "-m", "benchmarks.worker", step]
+def worker(
+    step: str, env: dict[str, str], *, module: str = "benchmarks.worker", **options: Any
+) -> dict[str, Any]:
+    """Run one worker step (of ``module``) in a fresh process and return its JSON result."""
+    command = [PYTHON, "-m", module, step]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     began = time.monotonic()
@@ -324,6 +334,72 @@ def command_memory(results: Results, env: dict[str, str], n: int, server: str) -
     )
 
 
+SIZING = "benchmarks.sizing"
+
+
+def redis_reachable(url: str) -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=3).ping())
+    except Exception:  # any failure means: not measured
+        return False
+
+
+def run_sizing(results: Results, plan: Plan, env: dict[str, str], broker: str) -> None:
+    """The beat sweep over a large table, then the sizing arithmetic (benchmarks/sizing.py).
+
+    For each size: every link due and one run dispatching them all (the worst case), then
+    the steady state's share of due links and a run with the default settings.
+    """
+    from benchmarks import sizing
+
+    policy = worker("policy", env, module=SIZING)
+    sweeps: dict[int, dict[str, Any]] = {}
+    for n in plan.sizing_sizes:
+        sweeps[n] = {}
+        for mode, due in (("all", n), ("default", sizing.steady_due(n, policy))):
+            log(f"PostgreSQL, sizing sweep, N={n}, {due} due ({mode})")
+            seed = worker("seed-bulk", env, module=SIZING, n=n, due=due)
+            sweep = worker("sweep", env, module=SIZING, due=due, mode=mode)
+            sweeps[n][f"seed_{mode}"] = seed
+            sweeps[n][mode] = sweep
+            log(
+                f"  table set up in {seed['seconds']:.0f}s; sweep {sweep['seconds']:.2f}s, "
+                f"{sweep['per_second']:.0f} dispatches/s, peak {mib(sweep['peak_kib'])}"
+            )
+    publish = None
+    if redis_reachable(broker):
+        publish = worker("publish", env, module=SIZING, n=plan.publish_count, broker=broker)
+    else:
+        log(f"Redis not reachable at {broker}: the sweep's sending time is not measured")
+    try:
+        results.sizing = sizing.sizing_results(
+            policy, results.throughput, results.crypto, sweeps, publish
+        )
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+
+
+def sizing_only(results: Results, plan: Plan, args: Any, env: dict[str, str], slow: str) -> None:
+    """``--sizing-only``: the renewal rates the sizing needs, then :func:`run_sizing`."""
+    url = args.database_url
+    worker("seed", env, n=plan.diag_rows)
+    throughput(results, env, "PostgreSQL", plan.diag_rows, plan.diag_count, plan, args)
+    worker("seed", env, n=plan.diag_rows)
+    throughput(
+        results,
+        base_env(url, slow),
+        f"PostgreSQL, token server +{plan.latency_ms:g} ms",
+        plan.diag_rows,
+        plan.diag_count,
+        plan,
+        args,
+    )
+    results.crypto = worker("crypto", env, n=plan.crypto_renewals)
+    run_sizing(results, plan, env, args.broker_url)
+
+
 def run_postgres(results: Results, plan: Plan, args: Any, server: str, slow: str) -> None:
     url = args.database_url
     name = pg_name(url)
@@ -332,6 +408,9 @@ def run_postgres(results: Results, plan: Plan, args: Any, server: str, slow: str
     try:
         worker("migrate", env)
         results.commit["postgresql"] = worker("commit-latency", env, n=plan.commit_samples)
+        if args.sizing_only:
+            sizing_only(results, plan, args, env, slow)
+            return
         for n in plan.sizes:
             log(f"PostgreSQL, N={n}")
             worker("seed", env, n=n)
@@ -382,6 +461,8 @@ def run_postgres(results: Results, plan: Plan, args: Any, server: str, slow: str
                 command_memory(results, env, n, server)
             finally:
                 pg_admin(url, f'ALTER DATABASE "{name}" RESET synchronous_commit')
+        if plan.sizing_sizes:
+            run_sizing(results, plan, env, args.broker_url)
     finally:
         if not args.keep:
             pg_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -659,6 +740,25 @@ def header_lines(results: Results) -> list[str]:
     ]
 
 
+def all_tables(results: Results, plan: Plan) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """The figure tables, then the sizing tables when the sizing ran."""
+    from benchmarks import sizing
+
+    out = tables(results, plan) if results.throughput and not results.sizing_only else []
+    return out + (sizing.tables(results.sizing) if results.sizing else [])
+
+
+def render_sizing(results: Results) -> str:
+    """benchmarks/sizing.rst: the sizing tables, included by docs/topics/sizing.rst."""
+    from benchmarks import sizing
+
+    parts = [f"- {rst_text(line)}" for line in header_lines(results)]
+    parts.append("")
+    for title, headers, rows, note in sizing.tables(results.sizing):
+        parts += [f"**{title}**", "", rst_table(headers, rows), "", rst_text(note), ""]
+    return "\n".join(parts)
+
+
 def render(results: Results, plan: Plan, style: str) -> str:
     parts = []
     if style == "md":
@@ -668,7 +768,9 @@ def render(results: Results, plan: Plan, style: str) -> str:
     else:
         parts += [f"- {rst_text(line)}" for line in header_lines(results)]
         parts.append("")
-    for title, headers, rows, note in tables(results, plan):
+    for title, headers, rows, note in (
+        all_tables(results, plan) if style == "md" else tables(results, plan)
+    ):
         if style == "md":
             parts += [f"## {title}\n", md_table(headers, rows), "", note, ""]
         else:
@@ -697,7 +799,7 @@ def render(results: Results, plan: Plan, style: str) -> str:
 
 def console(results: Results, plan: Plan) -> str:
     parts = [*header_lines(results), ""]
-    for title, headers, rows, note in tables(results, plan):
+    for title, headers, rows, note in all_tables(results, plan):
         widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
         parts.append(title)
         parts.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)))
@@ -727,13 +829,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sqlite", action="store_true", help="skip SQLite")
     parser.add_argument("--concurrency", type=int, default=8, help="threads (default 8)")
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database")
+    parser.add_argument(
+        "--sizing-sizes",
+        type=lambda text: [int(n) for n in text.replace("_", "").split(",") if n],
+        help="links in the sizing sweep's table, comma-separated (default 1000000; "
+        "--quick: 2000; '' skips the sizing)",
+    )
+    parser.add_argument(
+        "--broker-url",
+        default=os.environ.get("SLICE_BENCH_BROKER_URL", "redis://127.0.0.1:6379/14"),
+        help="Redis to time sending renewal messages to (a queue of the run's own, deleted "
+        "afterwards; skipped when unreachable; default %(default)s)",
+    )
+    parser.add_argument(
+        "--sizing-only",
+        action="store_true",
+        help="only what docs/topics/sizing.rst needs (renewal rates, the sweeps); "
+        "--write then writes benchmarks/sizing.rst alone",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.sizing_sizes is not None:
+        plan = replace(plan, sizing_sizes=args.sizing_sizes)
+    if args.sizing_only and (args.no_postgres or not plan.sizing_sizes):
+        parser.error("--sizing-only needs PostgreSQL and a sizing size")
     global PLAN
     PLAN = plan
     # A plain kill (SIGTERM) still drops the database and stops the token servers.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    results = Results(info=machine_info(argv))
+    results = Results(info=machine_info(argv), sizing_only=args.sizing_only)
     began = time.monotonic()
     try:
         with token_server() as server, token_server(plan.latency_ms) as slow:
@@ -747,11 +871,16 @@ def main(argv: list[str] | None = None) -> int:
     results.info["load_after"] = os.getloadavg()
     results.info["seconds"] = time.monotonic() - began
     print(console(results, plan))
-    if args.write:
+    if args.write and not args.sizing_only:
         (HERE / "results.md").write_text(render(results, plan, "md"))
         (HERE / "results.rst").write_text(render(results, plan, "rst"))
         (HERE / "results.json").write_text(json.dumps(results.__dict__, indent=1, default=str))
         log(f"wrote {HERE / 'results.md'}, results.rst and results.json")
+    if args.write and results.sizing:
+        (HERE / "sizing.rst").write_text(render_sizing(results))
+        raw = {"info": results.info, "commit": results.commit, "sizing": results.sizing}
+        (HERE / "sizing.json").write_text(json.dumps(raw, indent=1, default=str))
+        log(f"wrote {HERE / 'sizing.rst'} and sizing.json")
     return 0
 
 
