@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import Func, TextField, Value
 from django.http import HttpRequest, QueryDict
 from django.shortcuts import resolve_url
 from django.utils import timezone
@@ -427,6 +428,38 @@ class RenewalResult:
     renewed: bool
 
 
+def _lock_bounded(rows: Any) -> Any:
+    """``rows`` filtered so that waiting for a row lock ends after ``LOCK_TIMEOUT``.
+
+    On PostgreSQL the timeout is set by the statement itself: ``set_config`` in its WHERE
+    clause runs as each row is read, before the row is locked (or waited for), and
+    ``is_local`` keeps it to this transaction. So the lock costs no statement of its own.
+    Other databases wait as their own settings say (SQLite: its busy ``timeout``).
+    """
+    if connection.vendor != "postgresql":
+        return rows
+    millis = int(app_settings.LOCK_TIMEOUT.total_seconds() * 1000)
+    lock_timeout = Func(
+        Value("lock_timeout"),
+        Value(f"{millis}ms"),
+        Value(True),
+        function="set_config",
+        output_field=TextField(),
+    )
+    return rows.alias(lock_timeout_set=lock_timeout).filter(lock_timeout_set__isnull=False)
+
+
+@contextmanager
+def _lock_timeouts(pk: int) -> Iterator[None]:
+    """Turn PostgreSQL's lock timeout into :class:`RenewalLockTimeout`."""
+    try:
+        yield
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "55P03":
+            raise RenewalLockTimeout(f"Credential {pk} stayed locked too long.") from None
+        raise
+
+
 @contextmanager
 def _locked(pk: int) -> Iterator[SliceCredential]:
     """Lock the credential's row in a new transaction and yield it, re-read.
@@ -436,21 +469,12 @@ def _locked(pk: int) -> Iterator[SliceCredential]:
     Any other exception rolls the transaction back.
     """
     verdict: SliceConnectError | None = None
-    try:
-        with transaction.atomic():
-            if connection.vendor == "postgresql":
-                millis = int(app_settings.LOCK_TIMEOUT.total_seconds() * 1000)
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{millis}ms"])
-            row = SliceCredential.objects.select_for_update().get(pk=pk)
-            try:
-                yield row
-            except SliceConnectError as exc:
-                verdict = exc
-    except DatabaseError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) == "55P03":
-            raise RenewalLockTimeout(f"Credential {pk} stayed locked too long.") from None
-        raise
+    with _lock_timeouts(pk), transaction.atomic():
+        row = _lock_bounded(SliceCredential.objects.select_for_update()).get(pk=pk)
+        try:
+            yield row
+        except SliceConnectError as exc:
+            verdict = exc
     if verdict is not None:
         raise verdict
 
@@ -476,7 +500,9 @@ def _refuse_unusable(row: SliceCredential, now: datetime) -> None:
     """Raise :class:`NeedsReauth` when ``row`` cannot be renewed (inside :func:`_locked`).
 
     A link that breaks here (undecryptable, refresh token expired) is marked and its
-    ``credential_renewal_failed`` queued; one already marked is left as it is.
+    ``credential_renewal_failed`` queued; one already marked is left as it is. Either token
+    failing to decrypt is enough (fail closed: a row that was tampered with or corrupted is
+    not acted on, even when a renewal would replace the bad column).
     """
     if row.status != Status.ACTIVE:
         raise NeedsReauth(
@@ -485,15 +511,7 @@ def _refuse_unusable(row: SliceCredential, now: datetime) -> None:
     if isinstance(row.refresh_token, UnreadableToken) or isinstance(
         row.access_token, UnreadableToken
     ):
-        _refuse_if_keys_are_at_fault(row)
-        logger.error("Credential %s cannot be decrypted with FERNET_KEYS.", row.pk)
-        _mark_broken(
-            row,
-            CredentialUnreadable(
-                f"Credential {row.pk} cannot be decrypted.", reason=Reason.UNDECRYPTABLE
-            ),
-            now,
-        )
+        _refuse_unreadable(row, now)
     if row.refresh_token_expires_at <= now:
         _mark_broken(
             row,
@@ -504,6 +522,19 @@ def _refuse_unusable(row: SliceCredential, now: datetime) -> None:
             ),
             now,
         )
+
+
+def _refuse_unreadable(row: SliceCredential, now: datetime) -> NoReturn:
+    """Mark ``row`` undecryptable, unless this process's keys are at fault."""
+    _refuse_if_keys_are_at_fault(row)
+    logger.error("Credential %s cannot be decrypted with FERNET_KEYS.", row.pk)
+    _mark_broken(
+        row,
+        CredentialUnreadable(
+            f"Credential {row.pk} cannot be decrypted.", reason=Reason.UNDECRYPTABLE
+        ),
+        now,
+    )
 
 
 def _mark_broken(row: SliceCredential, error: NeedsReauth, now: datetime) -> NoReturn:
@@ -637,20 +668,25 @@ def mark_unreadable(pks: Iterable[int]) -> int:
 
 
 def _needed(row: SliceCredential, now: datetime, force: bool, seen_version: int | None) -> bool:
+    """Whether to renew ``row`` now; raises when it cannot be renewed at all."""
+    _refuse_unusable(row, now)
     if seen_version is not None:
         return row.version == seen_version
     return force or row.needs_renewal(now)
 
 
 def _renew(pk: int | None, *, force: bool, seen_version: int | None) -> RenewalResult:
-    """The two phases of a renewal; see :class:`Journal` for the state they keep."""
+    """Stamp the journal, then decide and renew under the lock; see :class:`Journal`."""
     if pk is None:
         raise NotLinked("This credential has not been saved (or was deleted).")
     try:
-        attempt = _begin(pk, force=force, seen_version=seen_version)
-        if isinstance(attempt, RenewalResult):
-            return attempt
-        return _spend(pk, attempt)
+        stamp = _stamp(pk, timezone.now(), force=force, seen_version=seen_version)
+        outcome = _settle(pk, stamp, force=force, seen_version=seen_version)
+        while isinstance(outcome, _Stamped):
+            # The stamp is committed now: renew, unless a sibling renewed meanwhile. (Only
+            # a renewal or a marked link clears a stamp it does not own, so this runs once.)
+            outcome = _settle(pk, outcome.stamp, force=False, seen_version=outcome.version)
+        return outcome
     except SliceCredential.DoesNotExist:
         # Unlinked (or the user deleted) while this call was running.
         raise NotLinked(f"Credential {pk} was deleted.") from None
@@ -659,7 +695,15 @@ def _renew(pk: int | None, *, force: bool, seen_version: int | None) -> RenewalR
 class Journal(enum.Enum):
     """What the journal (``renewal_started_at``, ``last_error_at``) says of the refresh token.
 
-    Read under the phase-2 lock, just before posting (:meth:`read`):
+    A refresh token is posted only while the row holds a committed stamp, so that a
+    process that dies after posting leaves the doubt on record. A renewal:
+
+    1. stamps the row if it holds no stamp and renewing looks needed, in one conditional
+       ``UPDATE`` committed at once (:func:`_stamp`), without reading it;
+    2. locks and re-reads the row, decides (:func:`_needed`) and reads the journal:
+       CLEAR (no stamp: the one it found belonged to a sibling, cleared since) means
+       stamping under the lock, committing, and locking again to go on. Otherwise it posts
+       and saves the outcome, and a renewal that finds nothing to do clears its own stamp.
 
     ==========  ============================================  =================================
     state       the row holds                                 meaning
@@ -672,26 +716,26 @@ class Journal(enum.Enum):
                                                               answers were lost
     ==========  ============================================  =================================
 
-    Transitions (phase 1 stamps a CLEAR row and commits, so the stamp survives a crash):
+    Transitions, from OWN or IN_DOUBT:
 
     ==================================================  =====================================
-    phase 2 outcome                                     the journal afterwards
+    outcome of the refresh                              the journal afterwards
     ==================================================  =====================================
     new tokens                                          CLEAR (stamp and failures cleared)
     ``invalid_grant``                                   link marked ``needs_reauth``; reason
-                                                        ``invalid_grant`` from OWN or CLEAR,
+                                                        ``invalid_grant`` from OWN,
                                                         ``lost_rotation`` from IN_DOUBT or
                                                         after a lost first answer
-    answered without spending it (4xx, 429, redirect)   as phase 1 found it (our stamp gone);
-    or never sent                                       a failure is recorded
+    answered without spending it (4xx, 429, redirect)   CLEAR from OWN, IN_DOUBT stays; a
+    or never sent                                       failure is recorded
     the answer lost twice (timeout, reset, 5xx,         IN_DOUBT: the stamp stays, a failure
     unusable 200: one retry with the same token)        is recorded
-    configuration error (``invalid_client``, ...)       as phase 1 found it, no failure
-                                                        counted; IN_DOUBT if in doubt
+    configuration error (``invalid_client``, ...)       CLEAR from OWN, no failure counted;
+                                                        IN_DOUBT if in doubt
     ==================================================  =====================================
 
     The one label IN_DOUBT can get wrong: Slice revoking the link while a sibling attempt
-    that stamped first still waits for the lock (it has not posted).
+    that stamped first has not posted yet.
     """
 
     CLEAR = "clear"
@@ -711,49 +755,76 @@ class Journal(enum.Enum):
 
 
 @dataclass(frozen=True)
-class _Attempt:
-    """What phase 1 decided: the version to renew, and the journal as it found it."""
+class _Stamped:
+    """A renewal that had to stamp the row under its lock: the version it decided on."""
 
     version: int
-    stamp_before: datetime | None
-    own_stamp: datetime | None
+    stamp: datetime
 
 
-def _begin(pk: int, *, force: bool, seen_version: int | None) -> _Attempt | RenewalResult:
-    """Phase 1: decide under the lock and stamp the journal, committed before any request."""
+def _stamp(pk: int, now: datetime, *, force: bool, seen_version: int | None) -> datetime | None:
+    """Stamp the journal if it is clear and renewing looks needed; return the stamp if set.
+
+    One statement, committed at once (the caller has no transaction open: see
+    :func:`renew_with_result`), that reads nothing back. The decision is taken again under
+    the lock (:func:`_needed`), where a renewal that finds nothing to do clears its stamp.
+    """
+    rows = SliceCredential.objects.filter(pk=pk, renewal_started_at=None)
+    if seen_version is not None:
+        rows = rows.active().filter(version=seen_version)
+    elif not force:
+        rows = rows.needing_renewal(now)
+    else:
+        rows = rows.active()
+    with _lock_timeouts(pk):
+        stamped = _lock_bounded(rows).update(renewal_started_at=now)
+    return now if stamped else None
+
+
+def _settle(
+    pk: int, own_stamp: datetime | None, *, force: bool, seen_version: int | None
+) -> RenewalResult | _Stamped:
+    """Decide on the row re-read under its lock, and renew it when needed (the single flight).
+
+    Whoever holds the lock first spends the refresh token; the others then find the row
+    renewed (not needed any more, or a new version) and return the sibling's tokens.
+    """
     now = timezone.now()
     with _locked(pk) as row:
-        _refuse_unusable(row, now)
-        if not _needed(row, now, force, seen_version):
+        try:
+            needed = _needed(row, now, force, seen_version)
+        except ConfigurationError:  # this process's keys are at fault, not the link
+            _drop_stamp(row, own_stamp)
+            raise
+        if not needed:
+            _drop_stamp(row, own_stamp)
             return RenewalResult(row, renewed=False)
-        stamp_before = row.renewal_started_at
-        if stamp_before is None:
+        journal = Journal.read(row, own_stamp)
+        if journal is Journal.CLEAR:
             row.renewal_started_at = now
             row.save(update_fields=["renewal_started_at"])
-        return _Attempt(row.version, stamp_before, now if stamp_before is None else None)
+            return _Stamped(row.version, now)
+        return _renewed(row, journal)
+
+
+def _drop_stamp(row: SliceCredential, own_stamp: datetime | None) -> None:
+    """Clear this call's stamp from ``row`` (nothing was posted), if it is still there."""
+    if own_stamp is not None and row.renewal_started_at == own_stamp:
+        row.renewal_started_at = None
+        row.save(update_fields=["renewal_started_at"])
 
 
 @sensitive_variables()  # every local, and the frames below (HTTP stack, ORM save)
-def _spend(pk: int, attempt: _Attempt) -> RenewalResult:
-    """Phase 2, the single flight: whoever holds the lock first spends the refresh token.
-
-    The others find a new version and return the sibling's tokens.
-    """
-    with _locked(pk) as row:
-        if row.status != Status.ACTIVE:
-            raise NeedsReauth(
-                f"Credential {pk} needs the user to link Slice again.", reason=row.status_reason
-            )
-        if row.version != attempt.version:
-            return RenewalResult(row, renewed=False)
-        tokens = _post_refresh(row, attempt, Journal.read(row, attempt.own_stamp))
-        _store(row, tokens)
-        _send_on_commit(signals.credential_renewed, credential=row)
-        return RenewalResult(row, renewed=True)
+def _renewed(row: SliceCredential, journal: Journal) -> RenewalResult:
+    """Spend the refresh token and save what Slice answered, in the locked transaction."""
+    tokens = _post_refresh(row, journal)
+    _store(row, tokens)
+    _send_on_commit(signals.credential_renewed, credential=row)
+    return RenewalResult(row, renewed=True)
 
 
 @sensitive_variables()  # the refresh token, and the HTTP stack's frames below
-def _post_refresh(row: SliceCredential, attempt: _Attempt, journal: Journal) -> oauth.TokenSet:
+def _post_refresh(row: SliceCredential, journal: Journal) -> oauth.TokenSet:
     """POST the refresh (once more with the same token if the answer was lost).
 
     Every failure is recorded on the row and raised here, as the journal's table says.
@@ -773,10 +844,10 @@ def _post_refresh(row: SliceCredential, attempt: _Attempt, journal: Journal) -> 
     except TokenRequestFailed:
         _refused(row, lost=in_doubt)
     except ConfigurationError as exc:
-        _misconfigured(row, exc, attempt, in_doubt=in_doubt)
+        _misconfigured(row, exc, in_doubt=in_doubt)
     except (TransientError, InvalidTokenResponse) as exc:
         # ResponseLost included: a second lost answer keeps the journal in doubt.
-        _not_renewed(row, exc, attempt, in_doubt=in_doubt or isinstance(exc, ResponseLost))
+        _not_renewed(row, exc, in_doubt=in_doubt or isinstance(exc, ResponseLost))
 
 
 def _refused(row: SliceCredential, *, lost: bool) -> NoReturn:
@@ -794,9 +865,7 @@ def _refused(row: SliceCredential, *, lost: bool) -> NoReturn:
     raise error
 
 
-def _misconfigured(
-    row: SliceCredential, error: ConfigurationError, attempt: _Attempt, *, in_doubt: bool
-) -> NoReturn:
+def _misconfigured(row: SliceCredential, error: ConfigurationError, *, in_doubt: bool) -> NoReturn:
     """Slice rejected our client: the site's fault, so no user is marked or signalled."""
     logger.critical(
         "Slice rejected our OAuth client (%s) while renewing credential %s: check "
@@ -809,24 +878,35 @@ def _misconfigured(
         # attempt knows the stamp is not a live one.
         _record_failure(row, error, timezone.now())
     else:
-        row.renewal_started_at = attempt.stamp_before
+        row.renewal_started_at = None  # this attempt's own stamp: nothing was spent
     row.save(update_fields=BOOKKEEPING)
     raise error
 
 
-def _not_renewed(
-    row: SliceCredential, error: SliceConnectError, attempt: _Attempt, *, in_doubt: bool
-) -> NoReturn:
+def _not_renewed(row: SliceCredential, error: SliceConnectError, *, in_doubt: bool) -> NoReturn:
     """A failure that leaves the link as it was: recorded, and the journal kept or restored."""
     now = timezone.now()
     _record_failure(row, error, now)
     if not in_doubt:
-        row.renewal_started_at = attempt.stamp_before  # answered or never sent: unspent
+        row.renewal_started_at = None  # this attempt's own stamp: answered or never sent
     elif row.renewal_started_at is None:
         row.renewal_started_at = now  # a sibling cleared the stamp meanwhile: set it again
     row.save(update_fields=BOOKKEEPING)
     _failed(row, error, permanent=False)
     raise error
+
+
+#: What a renewal changes, besides the refresh token when Slice rotated it.
+STORED_FIELDS = [
+    "access_token",
+    "refresh_token_expires_at",
+    "token_type",
+    "access_token_expires_at",
+    "last_renewed_at",
+    "version",
+    *BOOKKEEPING,
+    "updated_at",
+]
 
 
 def _store(row: SliceCredential, tokens: oauth.TokenSet) -> None:
@@ -850,7 +930,8 @@ def _store(row: SliceCredential, tokens: oauth.TokenSet) -> None:
     row.failure_count = 0
     row.last_error_code = ""
     row.last_error_at = None
-    row.save()
+    rotated = ["refresh_token"] if tokens.refresh_token else []
+    row.save(update_fields=[*STORED_FIELDS, *rotated])
     logger.info("Renewed Slice credential %s (version %s).", row.pk, row.version)
 
 
