@@ -51,6 +51,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import requests
@@ -174,9 +175,36 @@ def _keep_headers(request: requests.PreparedRequest) -> requests.PreparedRequest
     return request
 
 
+class _Session(requests.Session):
+    """A session that reads the environment's settings once per origin, not on every call.
+
+    ``trust_env`` stays on, so ``HTTPS_PROXY``/``NO_PROXY`` and ``REQUESTS_CA_BUNDLE`` are
+    honoured, but requests would look them up again (walking ``os.environ``) for every
+    request: a large share of a token request's CPU. They are read when the session first
+    calls an origin; a session lives as long as its thread's kept-alive connections.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[Any, ...], Any] = {}
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        if proxies:  # given for this call: nothing to remember
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, stream, verify, cert)
+        settings = self._environment.get(key)
+        if settings is None:
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            self._environment[key] = settings
+        return dict(settings)
+
+
 def new_session() -> requests.Session:
     """A :class:`requests.Session` whose every call is bounded by the call's deadline."""
-    session = requests.Session()
+    session = _Session()
     mount(session)
     return session
 

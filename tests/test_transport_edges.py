@@ -318,3 +318,25 @@ def test_renewal_in_async_code_goes_through_the_locked_path(
     client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
     assert _get(credential, client=client) == {"ok": 1}
     assert SliceCredential.objects.get(pk=credential.pk).version == 2
+
+
+def test_the_oauth_session_reads_the_environment_once_per_origin(
+    slice_mock: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY and friends are honoured, but looked up once, not on every token request."""
+    for _ in range(2):
+        slice_mock.add(responses.POST, TOKEN_URL, json={"ok": True})
+    slice_mock.add(responses.POST, "https://other.test/revoke", json={"ok": True})
+    lookups: list[str] = []
+    real = requests.utils.get_environ_proxies
+
+    def counted(url: str, no_proxy: Any = None) -> dict[str, str]:
+        lookups.append(url)
+        return real(url, no_proxy=no_proxy)
+
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counted)
+    monkeypatch.setenv("NO_PROXY", "*")
+    for url in (TOKEN_URL, TOKEN_URL, "https://other.test/revoke"):
+        answer = http.send("POST", url, timeout=(1, 1), limit=1024, what="test")
+        assert answer.json() == {"ok": True}
+    assert lookups == [TOKEN_URL, "https://other.test/revoke"]
