@@ -29,10 +29,15 @@ from slice_connect.exceptions import (
 from slice_connect.models import SliceCredential
 from tests.conftest import TOKEN_URL
 from tests.faulty_server import Fault, FaultyServer, token_json
+from tests.profiles import pick
 
 pytestmark = pytest.mark.django_db
 
 MakeCredential = Callable[..., SliceCredential]
+
+# As in test_transport: the quick profile halves the timeouts and the drip (same ratios).
+CONNECT, READ = pick((0.25, 0.5), (0.5, 1.0))
+DRIP = READ / 5  # well inside READ: only the call's deadline can end a dripping answer
 
 
 @pytest.fixture
@@ -46,7 +51,7 @@ def api(settings: Any) -> Callable[[Fault], FaultyServer]:
             **settings.SLICE_CONNECT,
             "API_BASE_URL": f"{server.url}/api/v1/",
             "TOKEN_URL": f"{server.url}/oauth/token",
-            "HTTP_TIMEOUT": (0.5, 1.0),
+            "HTTP_TIMEOUT": (CONNECT, READ),
         }
         return server
 
@@ -93,9 +98,9 @@ def test_a_user_works_and_an_unlinked_one_is_not_linked(
 @pytest.mark.parametrize(
     ("fault", "error", "code"),
     [
-        (Fault("drip_status", drip_interval=0.2), ResponseLost, "timeout"),
-        (Fault("drip_headers", drip_interval=0.2), ResponseLost, "timeout"),
-        (Fault("slow_drip", drip_interval=0.2), ResponseLost, "timeout"),
+        (Fault("drip_status", drip_interval=DRIP), ResponseLost, "timeout"),
+        (Fault("drip_headers", drip_interval=DRIP), ResponseLost, "timeout"),
+        (Fault("slow_drip", drip_interval=DRIP), ResponseLost, "timeout"),
         (Fault("never_answer"), ResponseLost, "timeout"),
         (Fault("reset"), ResponseLost, "connection_error"),
         (Fault("endless_body"), ResponseTooLarge, "response_too_large"),
@@ -119,7 +124,7 @@ def test_the_same_bounds_and_classification(
     _now, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert type(excinfo.value) is error and excinfo.value.code == code  # type: ignore[attr-defined]
-    assert elapsed <= 1.5 + 0.5, f"{elapsed:.2f}s"
+    assert elapsed <= CONNECT + READ + 0.5, f"{elapsed:.2f}s"
     assert peak < 40 * 1024 * 1024
 
 

@@ -27,6 +27,11 @@ shorter than, about half of, and equal to the suite's read timeout). B4's 5 s la
 2 s jitter becomes 0.5 s +- 0.2 s: it answers under a 1.0 s read timeout and always times
 out under a 0.2 s one (the shortest latency, 0.3 s, is 0.1 s over).
 
+Those are the long profile's values (``SLICE_CONNECT_TEST_PROFILE=long``). The quick
+profile halves the connect and read timeouts, the three read-timeout cases and the drip
+(``SCALE``), which halves the time the module spends waiting; the latency cases keep their
+values (halved, their margins would be within scheduler noise on a loaded machine).
+
 Run with ``-s`` to see one ``B4`` line per case and caller (the report's table).
 """
 
@@ -60,11 +65,14 @@ from tests.faulty_server import (
     closed_port,
     make_tls_files,
 )
+from tests.profiles import pick
 
 pytestmark = pytest.mark.django_db
 
-CONNECT = 0.5
-READ = 1.0
+#: 1 under the long profile, 0.5 under the quick one (see the module docstring).
+SCALE = pick(0.5, 1.0)
+CONNECT = 0.5 * SCALE
+READ = 1.0 * SCALE
 #: Allowed overrun per attempt: 10 % of the timeout plus this (thread start, DB, logging).
 SLACK = 0.2
 REDIRECT_URI = "https://app.test/slice/callback/"
@@ -107,30 +115,18 @@ CASES = [
         api_code="connect_error",
         min_attempt=CONNECT,
     ),
-    # B4 "read timeout at 1, 10 and 30 s", scaled (see the module docstring).
-    Case(
-        "read_timeout_0.2s",
-        "server",
-        Fault("never_answer"),
-        0.2,
-        api_code="timeout",
-        min_attempt=0.2,
-    ),
-    Case(
-        "read_timeout_0.5s",
-        "server",
-        Fault("never_answer"),
-        0.5,
-        api_code="timeout",
-        min_attempt=0.5,
-    ),
-    Case(
-        "read_timeout_1.0s",
-        "server",
-        Fault("never_answer"),
-        1.0,
-        api_code="timeout",
-        min_attempt=1.0,
+    # B4 "read timeout at 1, 10 and 30 s", scaled (see the module docstring): shorter than,
+    # about half of and equal to the suite's read timeout.
+    *(
+        Case(
+            f"read_timeout_{name}",
+            "server",
+            Fault("never_answer"),
+            read,
+            api_code="timeout",
+            min_attempt=read,
+        )
+        for name, read in (("short", 0.2 * SCALE), ("middle", 0.5 * SCALE), ("full", READ))
     ),
     Case("latency_under_read_timeout", "server", LATENCY, 1.0, outcome="ok", min_attempt=0.3),
     Case("latency_over_read_timeout", "server", LATENCY, 0.2, api_code="timeout", min_attempt=0.2),
@@ -139,7 +135,7 @@ CASES = [
     Case(
         "slow_drip",
         "server",
-        Fault("slow_drip", drip_interval=0.3),
+        Fault("slow_drip", drip_interval=0.3 * SCALE),
         api_code="timeout",
         min_attempt=CONNECT + READ,
     ),
