@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
-from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import Func, TextField, Value
+from django.db import DatabaseError, IntegrityError, transaction
 from django.http import HttpRequest, QueryDict
 from django.shortcuts import resolve_url
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from . import durable, http, keyprobe, oauth, signals, states
+from . import durable, http, keyprobe, oauth, rows, signals, states
 from .conf import app_settings
 from .exceptions import (
     ConfigurationError,
@@ -428,27 +427,6 @@ class RenewalResult:
     renewed: bool
 
 
-def _lock_bounded(rows: Any) -> Any:
-    """``rows`` filtered so that waiting for a row lock ends after ``LOCK_TIMEOUT``.
-
-    On PostgreSQL the timeout is set by the statement itself: ``set_config`` in its WHERE
-    clause runs as each row is read, before the row is locked (or waited for), and
-    ``is_local`` keeps it to this transaction. So the lock costs no statement of its own.
-    Other databases wait as their own settings say (SQLite: its busy ``timeout``).
-    """
-    if connection.vendor != "postgresql":
-        return rows
-    millis = int(app_settings.LOCK_TIMEOUT.total_seconds() * 1000)
-    lock_timeout = Func(
-        Value("lock_timeout"),
-        Value(f"{millis}ms"),
-        Value(True),
-        function="set_config",
-        output_field=TextField(),
-    )
-    return rows.alias(lock_timeout_set=lock_timeout).filter(lock_timeout_set__isnull=False)
-
-
 @contextmanager
 def _lock_timeouts(pk: int) -> Iterator[None]:
     """Turn PostgreSQL's lock timeout into :class:`RenewalLockTimeout`."""
@@ -470,7 +448,7 @@ def _locked(pk: int) -> Iterator[SliceCredential]:
     """
     verdict: SliceConnectError | None = None
     with _lock_timeouts(pk), transaction.atomic():
-        row = _lock_bounded(SliceCredential.objects.select_for_update()).get(pk=pk)
+        row = rows.lock(pk)
         try:
             yield row
         except SliceConnectError as exc:
@@ -698,7 +676,7 @@ class Journal(enum.Enum):
     A refresh token is posted only while the row holds a committed stamp, so that a
     process that dies after posting leaves the doubt on record. A renewal:
 
-    1. stamps the row if it holds no stamp and renewing looks needed, in one conditional
+    1. stamps the row if it holds no stamp and a renewal looks due, in one conditional
        ``UPDATE`` committed at once (:func:`_stamp`), without reading it;
     2. locks and re-reads the row, decides (:func:`_needed`) and reads the journal:
        CLEAR (no stamp: the one it found belonged to a sibling, cleared since) means
@@ -763,21 +741,17 @@ class _Stamped:
 
 
 def _stamp(pk: int, now: datetime, *, force: bool, seen_version: int | None) -> datetime | None:
-    """Stamp the journal if it is clear and renewing looks needed; return the stamp if set.
+    """Stamp the journal if it is clear and a renewal looks due; return the stamp if set.
 
     One statement, committed at once (the caller has no transaction open: see
-    :func:`renew_with_result`), that reads nothing back. The decision is taken again under
-    the lock (:func:`_needed`), where a renewal that finds nothing to do clears its stamp.
+    :func:`renew_with_result`), that reads nothing back. "Looks due" is cheap to say in
+    SQL: one of the tokens expires soon (within ``ACCESS_TOKEN_LEEWAY`` or
+    ``RENEW_WITHIN``); with ``seen_version``, the row still holds it. The decision proper
+    is taken under the lock (:func:`_needed`), where a renewal that finds nothing to do
+    clears its stamp again.
     """
-    rows = SliceCredential.objects.filter(pk=pk, renewal_started_at=None)
-    if seen_version is not None:
-        rows = rows.active().filter(version=seen_version)
-    elif not force:
-        rows = rows.needing_renewal(now)
-    else:
-        rows = rows.active()
     with _lock_timeouts(pk):
-        stamped = _lock_bounded(rows).update(renewal_started_at=now)
+        stamped = rows.stamp(pk, now, version=seen_version, due=not force)
     return now if stamped else None
 
 
@@ -931,7 +905,7 @@ def _store(row: SliceCredential, tokens: oauth.TokenSet) -> None:
     row.last_error_code = ""
     row.last_error_at = None
     rotated = ["refresh_token"] if tokens.refresh_token else []
-    row.save(update_fields=[*STORED_FIELDS, *rotated])
+    rows.save(row, [*STORED_FIELDS, *rotated])
     logger.info("Renewed Slice credential %s (version %s).", row.pk, row.version)
 
 
