@@ -204,11 +204,12 @@ def _refresh_tokens(n: int) -> list[str]:
 
 
 def bare_post_function() -> Callable[[str], str]:
-    """Side A's unit of work: the refresh POST exactly as oauth.py sends it.
+    """Side A's unit of work: the refresh POST as oauth.py sends it, and nothing else.
 
-    One ``requests.post`` per call (so a new connection each time, as in oauth.py), the
-    same form body, headers, timeout, no redirects, streamed and read whole, JSON-decoded.
-    No database, no encryption, no validation.
+    On a kept-alive ``requests.Session`` per thread (oauth.py keeps one per thread too),
+    with the same form body, headers, timeout, no redirects, streamed and read whole,
+    JSON-decoded. Nothing read from the environment, no deadline, no database, no
+    encryption, no validation.
     """
     import requests
     from django.conf import settings
@@ -216,15 +217,20 @@ def bare_post_function() -> Callable[[str], str]:
     url = settings.SLICE_CONNECT["TOKEN_URL"]
     client_id = settings.SLICE_CONNECT["CLIENT_ID"]
     client_secret = settings.SLICE_CONNECT["CLIENT_SECRET"]
+    local = threading.local()
 
     def post(refresh_token: str) -> str:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+            session.trust_env = False
         body = {
             "grant_type": "refresh_token",
             "refresh_token": refresh_token,
             "client_id": client_id,
             "client_secret": client_secret,
         }
-        with requests.post(
+        with session.post(
             url,
             data=body,
             headers={"Accept": "application/json"},
