@@ -353,6 +353,114 @@ def step_throughput(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+class Breakdown:
+    """Per-thread clocks of where renewals spend their wall time (summed over threads)."""
+
+    PARTS = ("wall", "token_request", "db_statements", "db_commit", "cpu")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.totals = dict.fromkeys(self.PARTS, 0.0)
+        self.statements = 0
+        self.local = threading.local()
+
+    def add(self, part: str, seconds: float) -> None:
+        with self.lock:
+            self.totals[part] += seconds
+
+    def timed(self, part: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.add(part, time.perf_counter() - began)
+
+        return wrapper
+
+    def statement(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            with self.lock:
+                self.totals["db_statements"] += time.perf_counter() - began
+                self.statements += 1
+
+
+def step_breakdown(args: argparse.Namespace) -> dict[str, Any]:
+    """Where a renewal's wall time goes, at ``concurrency`` threads (and a bare POST's).
+
+    Each renewal's wall time is split, from the renewing thread's clocks, into the token
+    request (``oauth.refresh``, its HTTP round trip included), the database statements
+    (wall time of each, from sending it to its result, BEGIN included) and commits, the
+    thread's own CPU time outside those, and the rest: waiting for the interpreter lock
+    (the GIL) and for other threads. Renews ``count`` due credentials.
+    """
+    from django.db import connection
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from slice_connect import oauth, services
+
+    ids = _due_ids()[: args.count]
+    check(len(ids) == args.count, f"expected {args.count} due credentials, found {len(ids)}")
+    clocks = Breakdown()
+
+    def renew(pk: int) -> str:
+        cpu = time.thread_time()
+        began = time.perf_counter()
+        with connection.execute_wrapper(clocks.statement):
+            result = services.renew_by_id(pk)
+        clocks.add("wall", time.perf_counter() - began)
+        clocks.add("cpu", time.thread_time() - cpu)
+        return "renewed" if result.renewed else "skipped"
+
+    with (
+        mock.patch.object(oauth, "refresh", clocks.timed("token_request", oauth.refresh)),
+        mock.patch.object(
+            BaseDatabaseWrapper,
+            "_commit",
+            clocks.timed("db_commit", BaseDatabaseWrapper._commit),
+        ),
+    ):
+        from django.db import connections
+
+        seconds, outcomes, errors = run_threads(
+            ids, renew, args.concurrency, on_exit=connections.close_all
+        )
+    check(not errors, f"renewals failed: {dict(errors)}")
+    check(outcomes["renewed"] == len(ids), f"renewed {dict(outcomes)} of {len(ids)}")
+    bare = Breakdown()
+    post = bare_post_function()
+
+    def bare_post(token: str) -> str:
+        cpu = time.thread_time()
+        began = time.perf_counter()
+        outcome = post(token)
+        bare.add("wall", time.perf_counter() - began)
+        bare.add("cpu", time.thread_time() - cpu)
+        return outcome
+
+    bare_seconds, _outcomes, bare_errors = run_threads(
+        _refresh_tokens(len(ids)), bare_post, args.concurrency
+    )
+    check(not bare_errors, f"bare POSTs failed: {dict(bare_errors)}")
+    count = len(ids)
+    per = {part: value / count * 1000 for part, value in clocks.totals.items()}
+    return {
+        "count": count,
+        "concurrency": args.concurrency,
+        "renew_per_second": count / seconds,
+        "bare_per_second": count / bare_seconds,
+        "statements": clocks.statements / count,
+        # Milliseconds per renewal. The token request's own CPU is inside "token_request";
+        # "cpu" is the thread's whole CPU time, so "other" is what is left of the wall time
+        # after the waits and the CPU spent outside them.
+        "ms": per,
+        "bare_ms": {part: value / count * 1000 for part, value in bare.totals.items()},
+    }
+
+
 def step_commit_latency(args: argparse.Namespace) -> dict[str, Any]:
     """Median time of one small durable write transaction (what each phase's COMMIT costs)."""
     from django.db import connection, transaction
@@ -766,6 +874,7 @@ STEPS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "client": step_client,
     "async-client": step_async_client,
     "crypto": step_crypto,
+    "breakdown": step_breakdown,
 }
 
 

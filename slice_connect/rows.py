@@ -34,6 +34,8 @@ _TABLE = _meta.db_table
 #: each row, before it locks the row (or waits for it), so the wait is bounded by
 #: ``LOCK_TIMEOUT`` without a statement of its own, and only in this transaction.
 _LOCK_TIMEOUT_SQL = "set_config('lock_timeout', %s, true) IS NOT NULL"
+#: The same way, the stamp's commit does not wait for the WAL flush (see :func:`stamp`).
+_NO_FLUSH_WAIT_SQL = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
 
 
 def _q(name: str) -> str:
@@ -65,7 +67,8 @@ def _stamp_sql(vendor: str, condition: str) -> str:
         ),
         "force": "",
     }
-    lock = f" AND {_LOCK_TIMEOUT_SQL}" if vendor == "postgresql" else ""
+    postgresql = f" AND {_NO_FLUSH_WAIT_SQL} AND {_LOCK_TIMEOUT_SQL}"
+    lock = postgresql if vendor == "postgresql" else ""
     # Only names from the model's metadata are formatted in; every value is a parameter.
     return (
         f"UPDATE {_q(_TABLE)} SET {_column('renewal_started_at')} = %s"  # noqa: S608
@@ -80,6 +83,14 @@ def stamp(pk: int, now: datetime, *, version: int | None, due: bool) -> bool:
     With ``version``, only if the row still holds that version; with ``due``, only if one
     of its tokens expires soon (the access token within ``ACCESS_TOKEN_LEEWAY``, the refresh
     token within ``RENEW_WITHIN``). One statement, not read back.
+
+    On PostgreSQL its commit does not wait for the write-ahead log to reach the disk
+    (``synchronous_commit = off`` for this statement only): the stamp is visible to every
+    other connection at once and survives this process dying, which is what it is for; only
+    a crash of the database server itself within a fraction of a second can lose it, and a
+    lost stamp changes nothing but how a refusal of that refresh token is labelled
+    (``invalid_grant`` instead of ``lost_rotation``). The new tokens are always saved with
+    a flushed commit.
     """
     connection = connections[USING]
     params: list[Any] = [_prep("renewal_started_at", now), pk, SliceCredential.Status.ACTIVE.value]

@@ -4,7 +4,7 @@ The renewal sets ``lock_timeout`` inside its own statements (the journal stamp a
 locking ``SELECT``), not with a statement of its own; these tests hold the row locked from
 another connection and check that each of the two waits ends with
 :class:`RenewalLockTimeout` after about ``LOCK_TIMEOUT``, that nothing is sent to Slice,
-and that the setting does not outlive the renewal's transaction.
+and that the settings do not outlive the renewal's statements.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ def due(
     yield make_credential(user, access_token_expires_at=timezone.now() - timedelta(minutes=1))
 
 
-def _session_lock_timeout() -> str:
+def _session_setting(name: str) -> str:
     with connection.cursor() as cursor:
-        cursor.execute("SHOW lock_timeout")
+        cursor.execute(f"SHOW {name}")
         return str(cursor.fetchone()[0])
 
 
@@ -108,10 +108,10 @@ def test_a_held_row_lock_ends_the_renewal_after_lock_timeout(
     assert len(slice_mock.calls) == 0
     after = SliceCredential.objects.values_list("renewal_started_at", "version").get(pk=due.pk)
     assert after == before  # the stamp that timed out was rolled back with its statement
-    assert _session_lock_timeout() == "0"  # only the renewal's own statements waited less
+    assert _session_setting("lock_timeout") == "0"  # only the renewal's statements waited less
 
 
-def test_lock_timeout_does_not_outlive_a_renewal(
+def test_the_renewals_settings_do_not_outlive_it(
     due: SliceCredential, slice_mock: responses.RequestsMock
 ) -> None:
     slice_mock.add(
@@ -125,4 +125,7 @@ def test_lock_timeout_does_not_outlive_a_renewal(
         },
     )
     assert services.renew_with_result(due).renewed
-    assert _session_lock_timeout() == "0"
+    # Both were set for the renewal's own statements (the stamp commits without waiting for
+    # the WAL flush); the connection goes back to the site as it was.
+    assert _session_setting("lock_timeout") == "0"
+    assert _session_setting("synchronous_commit") == "on"
