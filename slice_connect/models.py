@@ -16,20 +16,6 @@ from .fields import EncryptedTokenField
 TOKEN_FIELDS = ("access_token", "refresh_token")
 
 
-def _refresh_due(now: datetime) -> models.Q:
-    """``SliceCredential.refresh_token_due(now)`` as a filter."""
-    # now >= last_renewed_at + (expires - last_renewed_at) / 2, i.e.
-    # expires <= 2 * now - last_renewed_at: half the life the last renewal left is gone.
-    half_gone = models.ExpressionWrapper(
-        models.Value(now) + (models.Value(now) - models.F("last_renewed_at")),
-        output_field=models.DateTimeField(),
-    )
-    return models.Q(
-        models.Q(last_renewed_at__isnull=True) | models.Q(refresh_token_expires_at__lte=half_gone),
-        refresh_token_expires_at__lte=now + app_settings.RENEW_WITHIN,
-    )
-
-
 class SliceCredentialQuerySet(models.QuerySet["SliceCredential"]):
     """Queries over credentials; none of them filters on a token (ciphertext is random)."""
 
@@ -43,13 +29,18 @@ class SliceCredentialQuerySet(models.QuerySet["SliceCredential"]):
 
     def due_for_renewal(self, now: datetime | None = None) -> SliceCredentialQuerySet:
         """Active credentials whose refresh token is due (see ``refresh_token_due``)."""
-        return self.active().filter(_refresh_due(now or timezone.now()))
-
-    def needing_renewal(self, now: datetime | None = None) -> SliceCredentialQuerySet:
-        """Active credentials that a renewal would renew now (see ``needs_renewal``)."""
         now = now or timezone.now()
-        expiring = models.Q(access_token_expires_at__lte=now + app_settings.ACCESS_TOKEN_LEEWAY)
-        return self.active().filter(expiring | _refresh_due(now))
+        # now >= last_renewed_at + (expires - last_renewed_at) / 2, i.e.
+        # expires <= 2 * now - last_renewed_at: half the life the last renewal left is gone.
+        half_gone = models.ExpressionWrapper(
+            models.Value(now) + (models.Value(now) - models.F("last_renewed_at")),
+            output_field=models.DateTimeField(),
+        )
+        return self.active().filter(
+            models.Q(last_renewed_at__isnull=True)
+            | models.Q(refresh_token_expires_at__lte=half_gone),
+            refresh_token_expires_at__lte=now + app_settings.RENEW_WITHIN,
+        )
 
     def iter_ids(self, batch_size: int | None = None) -> Iterator[int]:
         """Yield the ids of this queryset, most urgent refresh deadline first, in batches.
