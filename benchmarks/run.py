@@ -847,6 +847,24 @@ def render_sizing(results: Results) -> str:
     return "\n".join(parts)
 
 
+README_START = ".. benchmark-tables-start"
+README_END = ".. benchmark-tables-end"
+#: The tables README.rst quotes (the rest is in docs/performance.rst).
+README_TABLES = ("Renewal throughput vs the HTTP limit", "Where a renewal's time goes")
+
+
+def write_readme_tables(results: Results, plan: Plan) -> None:
+    """Replace README.rst's benchmark tables (between the markers) with this run's."""
+    readme = ROOT / "README.rst"
+    text = readme.read_text()
+    start, end = text.index(README_START), text.index(README_END)
+    parts = [README_START, "", *[f"* {rst_text(line)}" for line in header_lines(results)], ""]
+    for title, headers, rows, note in tables(results, plan):
+        if title.startswith(README_TABLES):
+            parts += [f"**{title}**", "", rst_table(headers, rows), "", rst_text(note), ""]
+    readme.write_text(text[:start] + "\n".join(parts) + "\n" + text[end:])
+
+
 def render(results: Results, plan: Plan, style: str) -> str:
     parts = []
     if style == "md":
@@ -963,7 +981,8 @@ def main(argv: list[str] | None = None) -> int:
         (HERE / "results.md").write_text(render(results, plan, "md"))
         (HERE / "results.rst").write_text(render(results, plan, "rst"))
         (HERE / "results.json").write_text(json.dumps(results.__dict__, indent=1, default=str))
-        log(f"wrote {HERE / 'results.md'}, results.rst and results.json")
+        write_readme_tables(results, plan)
+        log(f"wrote {HERE / 'results.md'}, results.rst, results.json and README.rst's tables")
     if args.write and results.sizing:
         (HERE / "sizing.rst").write_text(render_sizing(results))
         raw = {"info": results.info, "commit": results.commit, "sizing": results.sizing}
