@@ -657,7 +657,7 @@ def tables(results: Results, plan: Plan) -> list[tuple[str, list[str], list[list
         waits = ms["token_request"] + ms["db_statements"] + ms["db_commit"]
         out.append(
             (
-                "Where a renewal's time goes (token server +50 ms)",
+                f"Where a renewal's time goes (token server +{plan.latency_ms:g} ms)",
                 [
                     "per operation, ms",
                     "wall",
