@@ -25,6 +25,7 @@ import requests
 import responses
 import time_machine
 from django.db import connection
+from django.db.models import F
 from django.utils.timezone import now as tz_now
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
@@ -916,6 +917,82 @@ def test_sibling_rotation_between_phases_wins_without_a_request(
     assert stored.status == Active
     assert stored.refresh_token == "sibling-refresh"
     assert events.failed == [] and events.renewed == []
+
+
+def _sibling_stamp_seen_at_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal stamp matches nothing: a sibling's stamp was there (it is gone since)."""
+    monkeypatch.setattr(services.rows, "stamp", lambda *args, **kwargs: False)
+
+
+def test_a_renewal_that_found_a_siblings_stamp_commits_its_own_before_posting(
+    canary_credential: SliceCredential,
+    slice_mock: responses.RequestsMock,
+    events: Events,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: CaptureOnCommit,
+) -> None:
+    credential = canary_credential
+    _sibling_stamp_seen_at_first(monkeypatch)
+    real_locked = services._locked
+    entered: list[int] = []
+    seen_at_post: list[Any] = []
+
+    @contextmanager
+    def locked(pk: int) -> Iterator[SliceCredential]:
+        entered.append(pk)
+        with real_locked(pk) as row:
+            yield row
+
+    def answer(request: Any) -> tuple[int, dict[str, str], str]:
+        row = SliceCredential.objects.get(pk=credential.pk)
+        seen_at_post.append((len(entered), row.renewal_started_at))
+        return 200, {"Content-Type": "application/json"}, json.dumps(token_json())
+
+    monkeypatch.setattr(services, "_locked", locked)
+    slice_mock.add_callback(responses.POST, TOKEN_URL, callback=answer)
+    with django_capture_on_commit_callbacks(execute=True):
+        result = services.renew_with_result(credential)
+
+    assert result.renewed is True
+    # Found needed with no stamp at all: stamped under the lock, committed (the first
+    # locked transaction ended), then posted from the second with the stamp on record.
+    [(locks_taken, stamp)] = seen_at_post
+    assert locks_taken == 2 and stamp is not None
+    stored = SliceCredential.objects.get(pk=credential.pk)
+    assert stored.refresh_token == NEW_REFRESH
+    assert stored.version == 2 and stored.renewal_started_at is None
+    assert len(events.renewed) == 1 and events.failed == []
+
+
+def test_a_sibling_renewal_while_this_one_stamped_wins_without_a_request(
+    canary_credential: SliceCredential,
+    slice_mock: responses.RequestsMock,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: CaptureOnCommit,
+) -> None:
+    credential = canary_credential
+    _sibling_stamp_seen_at_first(monkeypatch)
+    add_json(slice_mock, {"error": "invalid_grant"}, status=400)
+    real_locked = services._locked
+    entered: list[int] = []
+
+    @contextmanager
+    def locked(pk: int) -> Iterator[SliceCredential]:
+        entered.append(pk)
+        if len(entered) == 2:  # between committing its stamp and locking again
+            SliceCredential.objects.filter(pk=pk).update(
+                version=F("version") + 1, renewal_started_at=None
+            )
+        with real_locked(pk) as row:
+            yield row
+
+    monkeypatch.setattr(services, "_locked", locked)
+    with django_capture_on_commit_callbacks(execute=True):
+        result = services.renew_with_result(credential, force=True)
+
+    assert len(entered) == 2
+    assert len(slice_mock.calls) == 0
+    assert result.renewed is False and result.credential.version == 2
 
 
 def test_needs_reauth_credential_is_never_sent(
