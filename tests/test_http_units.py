@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import logging
 import ssl
 import threading
@@ -36,11 +37,12 @@ def asend(
     timeout: tuple[float, float] = (2.0, 5.0),
     limit: int = LIMIT,
     follow_redirects: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     async def scenario() -> httpx.Response:
         transport = httpx.MockTransport(handler)
         async with httpx.AsyncClient(
-            transport=transport, follow_redirects=follow_redirects
+            transport=transport, follow_redirects=follow_redirects, headers=headers
         ) as client:
             return await http.asend(
                 "GET", URL, timeout=timeout, limit=limit, what="API call", client=client
@@ -101,15 +103,18 @@ def test_a_compressed_answer_is_decoded_no_further_than_the_cap(
         return out
 
     monkeypatch.setattr(http._BoundedDecoder, "decode", counting)
-    body = gzip.compress(b"z" * 10_000)
-    parts = [body[:20], body[20:]]
+    # Bytes that do not compress, so that the first part decodes to less than the cap.
+    plain = b"".join(hashlib.sha256(bytes([i])).digest() for i in range(8))
+    body = gzip.compress(plain)
+    parts = [body[:70], body[70:]]
     with pytest.raises(ResponseTooLarge):
         asend(
             lambda request: httpx.Response(
                 200, headers={"Content-Encoding": "gzip"}, content=chunks(*parts)
             )
         )
-    assert sum(decoded) <= LIMIT + 1
+    assert 0 < decoded[0] <= LIMIT
+    assert sum(decoded) == LIMIT + 1
 
 
 def test_the_budget_bounds_a_dripping_answer() -> None:
@@ -135,7 +140,8 @@ def test_what_is_sent_timeouts_and_codings() -> None:
         seen.append(request)
         return httpx.Response(200, content=chunks(b"{}"))
 
-    asend(handler, timeout=(2.0, 7.0))
+    # Only the codings decoded here, whatever the client would ask for by default.
+    asend(handler, timeout=(2.0, 7.0), headers={"Accept-Encoding": "br, zstd"})
     (request,) = seen
     assert request.headers["Accept-Encoding"] == "gzip, deflate"
     assert request.extensions["timeout"] == {"connect": 2.0, "read": 7.0, "write": 7.0, "pool": 7.0}
@@ -162,8 +168,10 @@ def test_a_redirect_is_returned_even_by_a_client_that_follows_them() -> None:
          "No usable answer from Slice (ReadTimeout)."),
         (httpx.RemoteProtocolError("closed"), ResponseLost, "connection_error",
          "No usable answer from Slice (RemoteProtocolError)."),
+        (UnicodeEncodeError("ascii", "\u00e9", 0, 1, "not ASCII"), TransientError,
+         "unencodable_request", "Could not reach Slice (UnicodeEncodeError)."),
     ],
-    ids=["connect", "timeout", "protocol"],
+    ids=["connect", "timeout", "protocol", "unencodable"],
 )  # fmt: skip
 def test_async_failures_are_classified_and_logged(
     caplog: pytest.LogCaptureFixture,
