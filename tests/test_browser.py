@@ -56,22 +56,39 @@ def example_pages(settings: Any) -> None:
     settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [EXAMPLE_TEMPLATES]}]
 
 
-@pytest.fixture
-def page(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh Chromium page (Debian's /usr/bin/chromium; Playwright downloads nothing)."""
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One Chromium (Debian's /usr/bin/chromium; Playwright downloads nothing) per module.
+
+    Starting Playwright's driver and the browser takes a second or two; each test still gets
+    a context of its own (cookies, storage and cache of its own: a new browser profile).
+    Module-scoped, so the event loop Playwright keeps running in this thread (see
+    ``allow_orm_beside_playwright``) is gone before any other module's test runs; the ORM
+    check stays off while it runs (the last test's database teardown included).
+    """
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         service_missing("browser", "needs the playwright package (pip install -e .[test])")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1100, "height": 900})
-            context.set_default_timeout(TIMEOUT_MS)
-            yield context.new_page()
-            context.close()
-        finally:
-            browser.close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                yield browser
+            finally:
+                browser.close()
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    """A fresh page in a fresh browser context."""
+    context = chromium.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 class Steps:

@@ -25,6 +25,7 @@ from .test_browser import (  # noqa: F401
     PASSWORD,
     Steps,
     allow_orm_beside_playwright,
+    chromium,
     example_pages,
     page,
     steps,

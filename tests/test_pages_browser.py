@@ -24,6 +24,7 @@ from slice_connect.models import SliceCredential
 from .test_browser import (  # noqa: F401
     Steps,
     allow_orm_beside_playwright,
+    chromium,
     deny,
     example_pages,
     log_in,
