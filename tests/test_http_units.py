@@ -303,9 +303,35 @@ def test_undecodable_json_says_why_without_the_body() -> None:
     ],
     ids=["bare", "no-reason"],
 )
-def test_a_tls_error_without_details_may_have_been_sent(error: Exception) -> None:
+def test_a_tls_error_without_details_may_have_been_sent(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
     lost = http._classify(error, "Token request")
     assert (type(lost), lost.code) == (ResponseLost, "tls_error")
+    assert str(lost) == "No usable answer from Slice (SSLError)."
+    assert logged(caplog, logging.ERROR) == [
+        "TLS failure on Token request after the request was sent."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message", "log"),
+    [
+        (requests.ConnectTimeout("connect"), "connect_error",
+         "Could not reach Slice (ConnectTimeout).", "Token request: not sent (ConnectTimeout)."),
+        (UnicodeEncodeError("latin-1", "\u20ac", 0, 1, "no"), "unencodable_request",
+         "The request to Slice could not be encoded.",
+         "Token request: not sent, the request could not be encoded (UnicodeEncodeError)."),
+    ],
+    ids=["connect-timeout", "unencodable"],
+)  # fmt: skip
+def test_requests_never_sent_are_classified_and_logged(
+    caplog: pytest.LogCaptureFixture, error: Exception, code: str, message: str, log: str
+) -> None:
+    never_sent = http._classify(error, "Token request")
+    assert type(never_sent) is TransientError
+    assert (never_sent.code, str(never_sent)) == (code, message)
+    assert logged(caplog) == [log]
 
 
 def test_each_thread_gets_its_own_oauth_session() -> None:

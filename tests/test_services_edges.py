@@ -219,16 +219,22 @@ def test_a_client_rejected_after_a_lost_answer_keeps_the_doubt_on_record(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("by_id", [False, True], ids=["renew", "renew_by_id"])
 def test_a_renewal_that_cannot_commit_on_its_own_says_what_to_do(
     due: Callable[[], SliceCredential],
+    slice_mock: responses.RequestsMock,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    by_id: bool,
 ) -> None:
     # What SQLite does inside a caller's transaction, forced on any database.
     monkeypatch.setattr(durable, "own_connection_possible", lambda using="default": False)
     credential = due()
     with pytest.raises(RenewalInTransaction) as excinfo, transaction.atomic():
-        services.renew(credential)
+        if by_id:
+            services.renew_by_id(credential.pk)
+        else:
+            services.renew(credential)
     assert str(excinfo.value) == (
         "Renewal refused inside a transaction on SQLite: it could not commit on its own. "
         "Renew outside transaction.atomic() / ATOMIC_REQUESTS, or use PostgreSQL."
@@ -238,6 +244,24 @@ def test_a_renewal_that_cannot_commit_on_its_own_says_what_to_do(
         "where it cannot commit on its own. Renew outside transaction.atomic() (mark the view "
         "transaction.non_atomic_requests under ATOMIC_REQUESTS) or use PostgreSQL."
     ]
+    assert len(slice_mock.calls) == 0
+
+
+def test_a_renewal_without_rotation_says_so(
+    due: Callable[[], SliceCredential],
+    slice_mock: responses.RequestsMock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="slice_connect.services")
+    credential = due()
+    slice_mock.post(
+        TOKEN_URL, json={"access_token": "new-access", "token_type": "Bearer", "expires_in": 600}
+    )
+    services.renew(SliceCredential.objects.get(pk=credential.pk))
+    assert (
+        f"Slice renewed credential {credential.pk} without rotating its refresh token."
+        in critical(caplog, logging.INFO)
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------------
