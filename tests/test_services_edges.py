@@ -21,10 +21,11 @@ import responses
 import time_machine
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.db import SessionStore
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models.signals import post_delete
 from django.http import QueryDict
 from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from slice_connect import durable, keyprobe, services
@@ -32,6 +33,7 @@ from slice_connect.exceptions import (
     ConfigurationError,
     CredentialUnreadable,
     NeedsReauth,
+    NotLinked,
     RenewalInTransaction,
 )
 from slice_connect.models import SliceCredential
@@ -382,3 +384,27 @@ def test_a_failing_unlink_receiver_does_not_fail_the_unlink(
     assert not SliceCredential.objects.exists()
     assert len(slice_mock.calls) == 1  # revoked before the signal was sent
     assert f"Unlinked Slice credential {pk} (user {user.pk})." in critical(caplog, logging.INFO)
+
+
+def test_a_renewal_of_an_unsaved_credential_is_not_linked(user: Any) -> None:
+    with pytest.raises(NotLinked) as excinfo:
+        services.renew(SliceCredential(user=user))
+    assert str(excinfo.value) == "This credential has not been saved (or was deleted)."
+
+
+def test_a_stale_seen_version_stamps_nothing(
+    due: Callable[[], SliceCredential], slice_mock: responses.RequestsMock
+) -> None:
+    # After a 401 the API client renews only if the row still holds the version it used. A
+    # row renewed meanwhile is neither stamped nor posted for: the stamp's one conditional
+    # UPDATE matches no row, so no second write has to take a stamp back.
+    credential = due()
+    stale = credential.version
+    SliceCredential.objects.filter(pk=credential.pk).update(version=stale + 1)
+    with CaptureQueriesContext(connection) as queries:
+        result = services.renew_with_result(credential, seen_version=stale)
+    assert result.renewed is False
+    writes = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith("UPDATE")]
+    assert len(writes) == 1
+    assert SliceCredential.objects.get(pk=credential.pk).renewal_started_at is None
+    assert len(slice_mock.calls) == 0
