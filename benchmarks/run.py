@@ -59,6 +59,7 @@ class Plan:
     commit_samples: int
     sizing_sizes: list[int]  # links in the sizing sweep's table (benchmarks/sizing.py)
     publish_count: int  # messages sent to Redis to time apply_async (sizing)
+    seq_latency_count: int = 400  # renewals one at a time against the slow token server
     batch_size: int = 500  # RENEW_BATCH_SIZE (the quick run pages through small batches)
 
 
@@ -93,6 +94,7 @@ QUICK = Plan(
     commit_samples=20,
     sizing_sizes=[2_000],
     publish_count=200,
+    seq_latency_count=20,
     batch_size=40,
 )
 
@@ -459,6 +461,18 @@ def run_postgres(results: Results, plan: Plan, args: Any, server: str, slow: str
             plan,
             args,
             rows=plan.diag_rows,
+        )
+        # The same latency one renewal at a time: a prefork Celery child (no GIL shared).
+        worker("seed", env, n=plan.diag_rows)
+        throughput(
+            results,
+            base_env(url, slow),
+            f"PostgreSQL, token server +{plan.latency_ms:g} ms, sequential",
+            plan.diag_rows,
+            plan.seq_latency_count,
+            plan,
+            args,
+            concurrency=1,
         )
         # Where a renewal's time goes with the token server 50 ms away (see breakdown).
         worker("seed", env, n=plan.diag_rows)
