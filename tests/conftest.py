@@ -28,6 +28,7 @@ from urllib3.exceptions import MaxRetryError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from slice_connect.models import SliceCredential
+from slice_connect.signals import credential_renewal_failed
 from tests import profiles
 from tests import settings as test_settings
 
@@ -163,6 +164,19 @@ def make_credential(db: Any) -> Callable[..., SliceCredential]:
 
 
 # -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def failures() -> Iterator[list[dict[str, Any]]]:
+    """The keyword arguments of every ``credential_renewal_failed`` sent during the test."""
+    events: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        events.append(kwargs)
+
+    credential_renewal_failed.connect(receiver)
+    yield events
+    credential_renewal_failed.disconnect(receiver)
 
 
 @pytest.fixture

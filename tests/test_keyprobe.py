@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -27,7 +27,6 @@ from slice_connect import keyprobe, services, tasks
 from slice_connect.client import SliceClient
 from slice_connect.exceptions import ConfigurationError, CredentialUnreadable
 from slice_connect.models import SliceCredential
-from slice_connect.signals import credential_renewal_failed
 from tests.helpers import tokens_readable
 
 from .raw import flip_bit, raw_tokens
@@ -45,18 +44,6 @@ USERS = 50
 def no_http(slice_mock: responses.RequestsMock) -> responses.RequestsMock:
     """Slice with no URL registered: any request at all would be recorded (and fail)."""
     return slice_mock
-
-
-@pytest.fixture
-def failures() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        events.append(kwargs)
-
-    credential_renewal_failed.connect(receiver)
-    yield events
-    credential_renewal_failed.disconnect(receiver)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ the rows named, a misconfigured client after a lost answer, and the small helper
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from types import SimpleNamespace
@@ -37,7 +37,7 @@ from slice_connect.exceptions import (
     RenewalInTransaction,
 )
 from slice_connect.models import SliceCredential
-from slice_connect.signals import credential_renewal_failed, credential_unlinked
+from slice_connect.signals import credential_unlinked
 from tests.conftest import REVOKE_URL, TOKEN_URL
 
 from .raw import flip_bit, raw_tokens, write_raw_tokens
@@ -49,18 +49,6 @@ Reason = SliceCredential.Reason
 WRONG = "a-well-formed-key-that-never-encrypted-anything-here"
 # A frozen "now" close to the real one (make_credential dates its tokens from the real one).
 NOW = datetime.now(dt_timezone.utc).replace(microsecond=0) + timedelta(minutes=1)
-
-
-@pytest.fixture
-def failures() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        events.append(kwargs)
-
-    credential_renewal_failed.connect(receiver)
-    yield events
-    credential_renewal_failed.disconnect(receiver)
 
 
 @pytest.fixture
