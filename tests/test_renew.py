@@ -872,6 +872,25 @@ def test_tls_failure_is_logged_as_security_event(
 # -- races, dead and unreadable credentials ------------------------------------------------
 
 
+def _watch_locks(
+    monkeypatch: pytest.MonkeyPatch, before: dict[int, Callable[[int], None]] | None = None
+) -> list[int]:
+    """Count the renewal's locked transactions; ``before[n](pk)`` runs just before the nth."""
+    real_locked = services._locked
+    entered: list[int] = []
+
+    @contextmanager
+    def locked(pk: int) -> Iterator[SliceCredential]:
+        entered.append(pk)
+        if before and len(entered) in before:
+            before[len(entered)](pk)
+        with real_locked(pk) as row:
+            yield row
+
+    monkeypatch.setattr(services, "_locked", locked)
+    return entered
+
+
 def test_sibling_rotation_between_phases_wins_without_a_request(
     canary_credential: SliceCredential,
     slice_mock: responses.RequestsMock,
@@ -882,8 +901,6 @@ def test_sibling_rotation_between_phases_wins_without_a_request(
     credential = canary_credential
     # Had we posted the old token, strict Slice would have answered invalid_grant.
     add_json(slice_mock, {"error": "invalid_grant"}, status=400)
-    real_locked = services._locked
-    entered = []
 
     def sibling_rotates(pk: int) -> None:
         row = SliceCredential.objects.get(pk=pk)
@@ -895,16 +912,8 @@ def test_sibling_rotation_between_phases_wins_without_a_request(
         row.renewal_started_at = None
         row.save()
 
-    @contextmanager
-    def locked(pk: int) -> Iterator[SliceCredential]:
-        # After this call stamped the journal, before it locks the row to decide.
-        entered.append(pk)
-        if len(entered) == 1:
-            sibling_rotates(pk)
-        with real_locked(pk) as row:
-            yield row
-
-    monkeypatch.setattr(services, "_locked", locked)
+    # After this call stamped the journal, before it locks the row to decide.
+    entered = _watch_locks(monkeypatch, before={1: sibling_rotates})
     with django_capture_on_commit_callbacks(execute=True):
         result = services.renew_with_result(credential)
 
@@ -933,22 +942,14 @@ def test_a_renewal_that_found_a_siblings_stamp_commits_its_own_before_posting(
 ) -> None:
     credential = canary_credential
     _sibling_stamp_seen_at_first(monkeypatch)
-    real_locked = services._locked
-    entered: list[int] = []
+    entered = _watch_locks(monkeypatch)
     seen_at_post: list[Any] = []
-
-    @contextmanager
-    def locked(pk: int) -> Iterator[SliceCredential]:
-        entered.append(pk)
-        with real_locked(pk) as row:
-            yield row
 
     def answer(request: Any) -> tuple[int, dict[str, str], str]:
         row = SliceCredential.objects.get(pk=credential.pk)
         seen_at_post.append((len(entered), row.renewal_started_at))
         return 200, {"Content-Type": "application/json"}, json.dumps(token_json())
 
-    monkeypatch.setattr(services, "_locked", locked)
     slice_mock.add_callback(responses.POST, TOKEN_URL, callback=answer)
     with django_capture_on_commit_callbacks(execute=True):
         result = services.renew_with_result(credential)
@@ -973,20 +974,14 @@ def test_a_sibling_renewal_while_this_one_stamped_wins_without_a_request(
     credential = canary_credential
     _sibling_stamp_seen_at_first(monkeypatch)
     add_json(slice_mock, {"error": "invalid_grant"}, status=400)
-    real_locked = services._locked
-    entered: list[int] = []
 
-    @contextmanager
-    def locked(pk: int) -> Iterator[SliceCredential]:
-        entered.append(pk)
-        if len(entered) == 2:  # between committing its stamp and locking again
-            SliceCredential.objects.filter(pk=pk).update(
-                version=F("version") + 1, renewal_started_at=None
-            )
-        with real_locked(pk) as row:
-            yield row
+    def sibling_renews(pk: int) -> None:
+        SliceCredential.objects.filter(pk=pk).update(
+            version=F("version") + 1, renewal_started_at=None
+        )
 
-    monkeypatch.setattr(services, "_locked", locked)
+    # Between committing its stamp and locking again.
+    entered = _watch_locks(monkeypatch, before={2: sibling_renews})
     with django_capture_on_commit_callbacks(execute=True):
         result = services.renew_with_result(credential, force=True)
 
