@@ -46,13 +46,13 @@ def _column(name: str) -> str:
     return _q(_COLUMN[name])
 
 
-def _prep(name: str, value: Any) -> Any:
+def _prep(connection: Any, name: str, value: Any) -> Any:
     """``value`` as the field ``name`` sends it to the database in a WHERE clause."""
-    return _FIELD[name].get_db_prep_value(value, connections[USING], prepared=False)
+    return _FIELD[name].get_db_prep_value(value, connection, prepared=False)
 
 
-def _lock_timeout() -> list[str]:
-    if connections[USING].vendor != "postgresql":
+def _lock_timeout(connection: Any) -> list[str]:
+    if connection.vendor != "postgresql":
         return []
     return [f"{int(app_settings.LOCK_TIMEOUT.total_seconds() * 1000)}ms"]
 
@@ -93,20 +93,25 @@ def stamp(pk: int, now: datetime, *, version: int | None, due: bool) -> bool:
     a flushed commit.
     """
     connection = connections[USING]
-    params: list[Any] = [_prep("renewal_started_at", now), pk, SliceCredential.Status.ACTIVE.value]
+    params: list[Any] = [
+        _prep(connection, "renewal_started_at", now),
+        pk,
+        SliceCredential.Status.ACTIVE.value,
+    ]
     if version is not None:
         condition = "version"
         params.append(version)
     elif due:
         condition = "due"
         params += [
-            _prep("access_token_expires_at", now + app_settings.ACCESS_TOKEN_LEEWAY),
-            _prep("refresh_token_expires_at", now + app_settings.RENEW_WITHIN),
+            _prep(connection, "access_token_expires_at", now + app_settings.ACCESS_TOKEN_LEEWAY),
+            _prep(connection, "refresh_token_expires_at", now + app_settings.RENEW_WITHIN),
         ]
     else:
         condition = "force"
+    params += _lock_timeout(connection)
     with connection.cursor() as cursor:
-        cursor.execute(_stamp_sql(connection.vendor, condition), [*params, *_lock_timeout()])
+        cursor.execute(_stamp_sql(connection.vendor, condition), params)
         return bool(cursor.rowcount)
 
 
@@ -146,7 +151,7 @@ def lock(pk: int) -> SliceCredential:
     connection = connections[USING]
     sql = _lock_sql(connection.vendor, connection.features.has_select_for_update)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [pk, *_lock_timeout()])
+        cursor.execute(sql, [pk, *_lock_timeout(connection)])
         row = cursor.fetchone()
     if row is None:
         raise SliceCredential.DoesNotExist(f"SliceCredential {pk} does not exist.")
