@@ -297,7 +297,7 @@ STEPS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.worker import BenchmarkError, setup
+    from benchmarks.worker import run_step
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["render"]:
@@ -313,15 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--due", type=int, default=0)
     parser.add_argument("--mode", choices=("all", "default"), default="all")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/14")
-    args = parser.parse_args(argv)
-    setup()
-    try:
-        result = STEPS[args.step](args)
-    except BenchmarkError as exc:
-        print(f"benchmark check failed in {args.step}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result), flush=True)
-    return 0
+    return run_step(STEPS, parser.parse_args(argv))
 
 
 # -- arithmetic ------------------------------------------------------------------------

@@ -895,10 +895,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--count", type=int, default=0, help="throughput: renewals timed")
     parser.add_argument("--rounds", type=int, default=4, help="throughput: A/B alternations")
-    args = parser.parse_args(argv)
+    return run_step(STEPS, parser.parse_args(argv))
+
+
+def run_step(steps: dict[str, Callable[[argparse.Namespace], dict[str, Any]]], args: Any) -> int:
+    """Set Django up, run step ``args.step`` and print its result as JSON on one line.
+
+    Returns 0, or 1 when a check inside the step failed (said on stderr).
+    """
     setup()
     try:
-        result = STEPS[args.step](args)
+        result = steps[args.step](args)
     except BenchmarkError as exc:
         print(f"benchmark check failed in {args.step}: {exc}", file=sys.stderr)
         return 1
