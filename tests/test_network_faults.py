@@ -73,6 +73,9 @@ pytestmark = pytest.mark.django_db
 SCALE = pick(0.5, 1.0)
 CONNECT = 0.5 * SCALE
 READ = 1.0 * SCALE
+#: A byte every READ / 10 s: far inside the read timeout, so only the deadline can end the
+#: drip, and still several bytes before it even when the server thread waits for a CPU.
+DRIP = READ / 10
 #: Allowed overrun per attempt: 10 % of the timeout plus this (thread start, DB, logging).
 SLACK = 0.2
 REDIRECT_URI = "https://app.test/slice/callback/"
@@ -135,7 +138,7 @@ CASES = [
     Case(
         "slow_drip",
         "server",
-        Fault("slow_drip", drip_interval=0.3 * SCALE),
+        Fault("slow_drip", drip_interval=DRIP),
         api_code="timeout",
         min_attempt=CONNECT + READ,
     ),
