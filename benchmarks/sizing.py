@@ -404,10 +404,17 @@ def sizing_results(
 ) -> dict[str, Any]:
     """Everything the sizing tables need, from this run's measurements."""
     plain = [r for r in throughput if r["label"] == "PostgreSQL"]
-    slow = [r for r in throughput if r["label"].startswith("PostgreSQL, token server +")]
-    if not plain or not slow or not crypto or not sweeps:
+    zero = max(plain, key=lambda r: r["rows"]) if plain else None
+    # The threaded row at the same concurrency, not the one-at-a-time row after it.
+    slow = [
+        r
+        for r in throughput
+        if r["label"].startswith("PostgreSQL, token server +")
+        and zero is not None
+        and r["concurrency"] == zero["concurrency"]
+    ]
+    if zero is None or not slow or not crypto or not sweeps:
         raise ValueError("the sizing needs the PostgreSQL throughput, crypto and sweep steps")
-    zero = max(plain, key=lambda r: r["rows"])
     late = slow[-1]
     latency = float(late["label"].rsplit("+", 1)[1].split()[0]) / 1000
     measured = {

@@ -72,3 +72,26 @@ def test_the_page_states_what_the_defaults_give() -> None:
     assert round(covered / 1e6) == 3 and "about three million links" in text
     assert f"{POLICY['access_lifetime'] - POLICY['leeway']:,.0f} s" in text
     assert ".. include:: ../../benchmarks/sizing.rst" in text
+
+
+def test_the_model_takes_the_threaded_row_at_the_latency_not_the_sequential_one() -> None:
+    def row(label: str, concurrency: int, rate: float) -> dict[str, object]:
+        return {
+            "label": label,
+            "rows": 10_000,
+            "concurrency": concurrency,
+            "renew_per_second": rate,
+        }
+
+    throughput = [
+        row("PostgreSQL", 8, 400.0),
+        row("PostgreSQL, sequential", 1, 250.0),
+        row("PostgreSQL, token server +50 ms", 8, 120.0),
+        row("PostgreSQL, token server +50 ms, sequential", 1, 18.0),
+    ]
+    sweeps = {1_000_000: {"all": SWEEP, "default": SWEEP}}
+    found = sizing.sizing_results(POLICY, throughput, {"renewal_ms": 4.0}, sweeps, PUBLISH)
+    assert found["measured"]["rate_latency"] == 120.0
+    assert found["model"]["own"] == pytest.approx(8 / 120 - 0.05)
+    with pytest.raises(ValueError, match="the sizing needs"):
+        sizing.sizing_results(POLICY, throughput[2:], {"renewal_ms": 4.0}, sweeps, PUBLISH)
