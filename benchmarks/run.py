@@ -168,6 +168,8 @@ def token_server(latency_ms: float = 0.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.terminate()
             proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
 
 
 def served(server: str) -> int:
