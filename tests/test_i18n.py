@@ -249,18 +249,16 @@ def test_wheel_contains_the_compiled_catalogues(tmp_path: Path) -> None:
         ROOT,
         source,
         ignore=shutil.ignore_patterns(
-            ".git",
-            ".tox",
+            ".*",  # .git, .tox, .venv (the README's), caches
+            "mutants",
             "test-artifacts",
             "*.egg-info",
             "build",
             "dist",
             "__pycache__",
-            ".hypothesis",
             "docs",
             "example_project",
             "benchmarks",
-            ".demo",
         ),
     )
     result = subprocess.run(
