@@ -5,7 +5,8 @@ drills run on smaller populations and the property tests on fewer examples, so t
 suite stays within a few minutes on a small machine. ``SLICE_CONNECT_TEST_PROFILE=long``
 (what ``.ci/run`` sets for its long run) restores the full sizes: 1,000 credentials in the
 outage battery, 1,000 Hypothesis examples per fuzz test, 100 state-machine runs, and so
-on. Both profiles run the same tests and the same assertions; only sizes change.
+on. Both profiles run the same tests and the same assertions; only sizes change (and
+``test_startup`` tries each fatal configuration under one server kind instead of both).
 
 Hypothesis profiles follow: ``ci`` (long) and ``dev`` (quick), unless
 ``HYPOTHESIS_PROFILE`` names one explicitly.
